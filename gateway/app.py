@@ -1,0 +1,139 @@
+"""The ASGI app: routes, the one error handler, body-size limits, CORS and the web client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.api import ApiContext, describe_validation_error, router
+from gateway.config import Settings
+from gateway.exceptions import ApiError
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+WEBCLIENT_DIR = Path(__file__).resolve().parent.parent / "webclient"
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"statusCode": status, "error": REASONS.get(status, "Error"), "code": code, "message": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse bodies over a limit with 413 before the app reads them (Content-Length or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        too_large = error_response(413, "body_too_large", f"request body exceeds {limit} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    vapid_public_key: str,
+    on_ingest: Callable[[], None] = lambda: None,
+) -> FastAPI:
+    app = FastAPI(
+        title="NEAR push gateway",
+        version=__version__,
+        description="Event-stream subscription gateway: NEAR activity to Web Push notifications.",
+    )
+    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest)
+    app.include_router(router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, message = describe_validation_error(exc.errors()[0])
+        return error_response(400, code, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = REASONS.get(exc.status_code, "error").lower().replace(" ", "_")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; the request was not applied")
+
+    if WEBCLIENT_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEBCLIENT_DIR, html=True), name="webclient")
+
+    s = settings.server
+
+    def limit_for(path: str) -> int:
+        return s.max_events_body_bytes if path == "/events" else s.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    # Browsers call the NEAR routes from the gateway frontends' origins.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization"],
+        max_age=86400,
+    )
+    return app

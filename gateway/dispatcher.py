@@ -1,0 +1,179 @@
+"""The dispatcher: claims due deliveries from the outbox, sends them, records what happened.
+
+At-least-once: a delivery leaves the outbox only when its outcome is recorded. A process killed
+mid-send leaves a lease that expires, and another (or the restarted) process takes it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import anyio
+
+from gateway.config import PushSettings
+from gateway.endpoints import origin_of, redact
+from gateway.models import Claim
+from gateway.payload import build_payload
+from gateway.store.base import Outcome, Store
+from gateway.webpush import PushAnswer, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer: ...
+
+
+def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
+    """Exponential backoff with full jitter in [d/2, d]: d = initial, 2·initial, … ≤ maximum."""
+    delay = initial
+    while True:
+        yield rng.uniform(delay / 2, delay)
+        delay = min(delay * 2, maximum)
+
+
+def retry_delay(attempt: int, retry_after: float | None, settings: PushSettings, rng: random.Random) -> float:
+    """Delay before retry number ``attempt`` (1-based); Retry-After wins when it asks for longer."""
+    delays = backoff_delays(settings.retry_initial_delay, settings.retry_max_delay, rng)
+    for _ in range(attempt - 1):
+        next(delays)
+    delay = next(delays)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_max_delay))
+    return delay
+
+
+def decide(claim: Claim, answer: PushAnswer, settings: PushSettings, now: float, rng: random.Random) -> Outcome:
+    """Turn a push service's answer into the delivery's next state. Pure."""
+    d = claim.delivery_id
+    if answer.verdict is Verdict.SENT:
+        return Outcome(d, "sent", answer.status)
+    if answer.verdict is Verdict.GONE:
+        return Outcome(d, "gone", answer.status, answer.detail, endpoint_hash=claim.stream.endpoint_hash)
+    if answer.verdict is Verdict.REJECTED:
+        return Outcome(d, "rejected", answer.status, f"VAPID rejected: {answer.detail}")
+    if answer.verdict is Verdict.TOO_LARGE:
+        if claim.compact:
+            return Outcome(d, "dead", answer.status, f"payload too large even when compact: {answer.detail}")
+        return Outcome(d, "retry", answer.status, answer.detail, retry_at=now, compact=True)
+    if answer.verdict is Verdict.RETRY:
+        retry_at = now + retry_delay(claim.attempts, answer.retry_after, settings, rng)
+        if retry_at - claim.event_created_at > settings.give_up_after:
+            return Outcome(d, "dead", answer.status, f"gave up after {claim.attempts} attempts: {answer.detail}")
+        return Outcome(d, "retry", answer.status, answer.detail, retry_at=retry_at, compact=claim.compact)
+    return Outcome(d, "dead", answer.status, answer.detail)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        settings: PushSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = anyio.Event()
+        self._slots = anyio.Semaphore(settings.concurrency)
+        self._in_flight: set[int] = set()
+        self._rejected_origins: set[str] = set()
+
+    def wake(self) -> None:
+        """Tell the dispatcher new deliveries are waiting (called after ingest)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    free = self._slots.value
+                    claims = await self._store.claim(max(free, 1), self._settings.claim_lease) if free else []
+                    for claim in claims:
+                        await self._slots.acquire()
+                        self._in_flight.add(claim.delivery_id)
+                        tg.start_soon(self._deliver, claim)
+                    if not claims:
+                        await self._idle()
+        finally:
+            await self._release_in_flight()
+
+    async def _idle(self) -> None:
+        """Sleep until woken, until the next delivery is due, or one poll interval."""
+        timeout = self._settings.poll_interval
+        if self._slots.value:
+            due = await self._store.next_due_at()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - self._clock()))
+        else:
+            timeout = min(timeout, 0.05)  # all slots busy: look again as soon as one frees
+        if timeout > 0:
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def _deliver(self, claim: Claim) -> None:
+        try:
+            stream = claim.stream
+            try:
+                plaintext = build_payload(claim.row, compact=claim.compact)
+                answer = await self._sender.send(stream.endpoint, stream.p256dh, stream.auth, plaintext)
+            except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
+                log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
+                answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")
+            outcome = decide(claim, answer, self._settings, self._clock(), self._rng)
+            self._log(claim, answer, outcome)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._store.record([outcome])
+            except Exception:  # the lease expires and the delivery is taken again
+                log.exception("recording the outcome of delivery=%s failed", claim.delivery_id)
+            self._in_flight.discard(claim.delivery_id)
+            if outcome.status == "retry" and outcome.retry_at is not None:
+                self._wake.set()  # the idle timer must account for this retry's due time
+        finally:
+            self._slots.release()
+
+    async def _release_in_flight(self) -> None:
+        if self._in_flight:
+            with anyio.CancelScope(shield=True):
+                await self._store.release(sorted(self._in_flight))
+            self._in_flight.clear()
+
+    def _log(self, claim: Claim, answer: PushAnswer, outcome: Outcome) -> None:
+        where = redact(claim.stream.endpoint)
+        if outcome.status == "sent":
+            log.debug("push sent delivery=%s endpoint=%s", claim.delivery_id, where)
+        elif outcome.status == "rejected":
+            origin = origin_of(claim.stream.endpoint)
+            if origin not in self._rejected_origins:
+                self._rejected_origins.add(origin)
+                log.error(
+                    "push service %s rejected our VAPID credentials (%s): check [vapid] private_key_file "
+                    "and subject; deliveries are marked rejected, streams are kept",
+                    origin,
+                    answer.status,
+                )
+        elif outcome.status == "gone":
+            log.info("subscription gone, streams deleted endpoint=%s status=%s", where, answer.status)
+        elif outcome.status == "dead":
+            log.warning(
+                "delivery dead-lettered delivery=%s endpoint=%s reason=%s", claim.delivery_id, where, outcome.reason
+            )
+        else:
+            log.info(
+                "push retry delivery=%s endpoint=%s attempt=%s reason=%s",
+                claim.delivery_id,
+                where,
+                claim.attempts,
+                answer.detail,
+            )

@@ -1,0 +1,71 @@
+"""Every error the gateway raises on purpose, in one tree.
+
+    GatewayError
+    ├── ConfigError                 a setting is missing, malformed or unsafe (start-up fails)
+    ├── VapidKeyError               the VAPID key file cannot be read or created
+    ├── StoreError                  the store cannot be opened or migrated
+    └── ApiError                    a request is refused; carries HTTP status + stable code
+        ├── BadRequest              400: the body is well-formed JSON but not valid
+        ├── Unauthorized            401: missing or wrong bearer token
+        ├── Forbidden               403: the operation is disabled by configuration
+        ├── NotFound                404
+        └── PayloadTooLarge         413: the body exceeds the configured limit
+
+Third-party errors (aiohttp, sqlite3, cryptography) are translated at the one module that
+imports each library; nothing above this module is imported here.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error raised on purpose by the gateway."""
+
+
+class ConfigError(GatewayError):
+    """A setting is missing, malformed or unsafe."""
+
+
+class VapidKeyError(GatewayError):
+    """The VAPID private key cannot be read, parsed or written."""
+
+
+class StoreError(GatewayError):
+    """The store cannot be opened or migrated."""
+
+
+class ApiError(GatewayError):
+    """A refused request: rendered as JSON with a stable ``code`` by the app's one handler."""
+
+    status = 400
+    reason = "Bad Request"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BadRequest(ApiError):
+    status = 400
+    reason = "Bad Request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    reason = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    reason = "Forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    reason = "Not Found"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    reason = "Payload Too Large"

@@ -1,0 +1,61 @@
+"""Which streams get an event: pure, no I/O.
+
+streams of the receiver − types muted by the stream's preferences − types outside the operator's
+allow-list − endpoints over their daily cap − endpoints that already had this event. The store
+gathers the inputs and writes the answer in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gateway.models import Event, MatchPolicy, Stream
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    selected: list[Stream]
+    skipped: dict[str, int]  # reason -> count, for metrics and logs
+
+
+def match(
+    event: Event,
+    streams: Iterable[Stream],
+    *,
+    policy: MatchPolicy,
+    blocked: Mapping[int, frozenset[str]],
+    sent_today: Mapping[str, int],
+    already_delivered: frozenset[str],
+) -> MatchResult:
+    """Select the streams that should receive ``event``.
+
+    ``blocked`` maps stream id to muted types, ``sent_today`` maps endpoint hash to pushes
+    counted today, ``already_delivered`` holds endpoint hashes that have this event already.
+    """
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    if policy.allowed_value_types and event.value_type not in policy.allowed_value_types:
+        count = sum(1 for s in streams if s.account_id == event.receiver)
+        return MatchResult([], {"type_not_allowed": count} if count else {})
+
+    selected: list[Stream] = []
+    seen_endpoints: set[str] = set()
+    for stream in streams:
+        if stream.account_id != event.receiver:
+            continue
+        if event.value_type in blocked.get(stream.id, frozenset()):
+            skip("blocked_by_preference")
+        elif stream.endpoint_hash in already_delivered or stream.endpoint_hash in seen_endpoints:
+            skip("duplicate")
+        elif policy.max_per_endpoint_per_day and (
+            sent_today.get(stream.endpoint_hash, 0) >= policy.max_per_endpoint_per_day
+        ):
+            skip("daily_cap")
+        else:
+            selected.append(stream)
+            seen_endpoints.add(stream.endpoint_hash)
+    return MatchResult(selected, skipped)

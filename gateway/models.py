@@ -1,0 +1,196 @@
+"""Data shapes of the gateway (pydantic), validated at the boundary. No I/O.
+
+Validation errors raise ``PydanticCustomError`` whose type is the stable API error code, so the
+app's one handler can answer ``{"code": "invalid_p256dh", ...}`` without knowing the models.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
+MAX_GATEWAY_LENGTH = 512
+MAX_VALUE_TYPE_LENGTH = 128
+
+
+def b64url_decode(value: str) -> bytes:
+    """Decode base64url with or without padding (browsers omit it; some clients add it)."""
+    text = value.strip().replace("+", "-").replace("/", "_")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _account_id(value: str) -> str:
+    if not ACCOUNT_ID_MIN <= len(value) <= ACCOUNT_ID_MAX:
+        raise PydanticCustomError(
+            "invalid_account_id",
+            "accountId must be {min}..{max} characters",
+            {"min": ACCOUNT_ID_MIN, "max": ACCOUNT_ID_MAX},
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise PydanticCustomError("invalid_account_id", "accountId contains whitespace or control characters")
+    return value
+
+
+def _p256dh(value: str) -> str:
+    try:
+        raw = b64url_decode(value)
+        if len(raw) != 65 or raw[0] != 0x04:
+            raise ValueError("not an uncompressed point")
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except (ValueError, binascii.Error) as exc:
+        raise PydanticCustomError(
+            "invalid_p256dh", "keys.p256dh must be a base64url uncompressed P-256 point (65 bytes)"
+        ) from exc
+    return value
+
+
+def _auth(value: str) -> str:
+    try:
+        raw = b64url_decode(value)
+    except (ValueError, binascii.Error) as exc:
+        raise PydanticCustomError("invalid_auth", "keys.auth must be 16 bytes, base64url") from exc
+    if len(raw) != 16:
+        raise PydanticCustomError("invalid_auth", "keys.auth must be 16 bytes, base64url")
+    return value
+
+
+def _gateway(value: str) -> str:
+    if len(value) > MAX_GATEWAY_LENGTH or not value.startswith(("https://", "http://")):
+        raise PydanticCustomError("invalid_gateway", "gateway must be an http(s) URL")
+    return value.rstrip("/")
+
+
+def _value_type(value: str) -> str:
+    if not 1 <= len(value) <= MAX_VALUE_TYPE_LENGTH:
+        raise PydanticCustomError("invalid_value_type", "dapp/valueType must be 1..128 characters")
+    return value
+
+
+AccountId = Annotated[str, AfterValidator(_account_id)]
+P256dh = Annotated[str, AfterValidator(_p256dh)]
+AuthSecret = Annotated[str, AfterValidator(_auth)]
+GatewayUrl = Annotated[str, AfterValidator(_gateway)]
+ValueType = Annotated[str, AfterValidator(_value_type)]
+# The endpoint's allow-list check needs the operator's settings, so the API does it.
+Endpoint = Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as the NEAR server does: clients in the wild send extras.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SubscriptionKeys(_Body):
+    p256dh: P256dh
+    auth: AuthSecret
+
+
+class PushSubscription(_Body):
+    endpoint: Endpoint
+    expirationTime: int | float | None = None
+    keys: SubscriptionKeys
+
+
+class CreateStreamRequest(_Body):
+    """Body of POST /subscriptions/create (NEAR notifications server, unchanged)."""
+
+    accountId: AccountId
+    gateway: GatewayUrl
+    subscription: PushSubscription
+
+
+class DeleteStreamRequest(_Body):
+    """Body of POST /subscriptions/delete; ``accountId`` narrows it to one account's stream."""
+
+    endpoint: Endpoint
+    accountId: AccountId | None = None
+
+
+class SetPreferenceRequest(_Body):
+    """Body of POST /preferences/set: ``block`` mutes type ``dapp`` for that endpoint's account."""
+
+    accountId: AccountId
+    endpoint: Endpoint
+    dapp: ValueType
+    block: bool
+
+
+class NotificationRow(BaseModel):
+    """A notification in the QueryAPI row shape (near-protocols.md §3); extra fields are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: int | Annotated[str, Field(min_length=1, max_length=256)]
+    receiver: AccountId
+    valueType: ValueType
+    blockHeight: int | None = None
+    initiatedBy: str | None = None
+    itemType: str | None = None
+    message: str | None = None
+    path: str | None = None
+    devhubPostId: int | str | None = None
+    actionAtBlockHeight: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One notification for one receiver, whatever source it came from."""
+
+    key: str  # unique across sources: "<source>:<id>"; the dedupe key with the endpoint
+    source: str
+    receiver: str
+    value_type: str
+    block_height: int | None
+    row: dict[str, Any]  # the NEAR row, pushed unchanged so old service workers keep working
+
+
+@dataclass(frozen=True)
+class Stream:
+    """(account, gateway, push subscription) as stored."""
+
+    id: int
+    account_id: str
+    gateway: str
+    endpoint: str
+    endpoint_hash: str
+    p256dh: str
+    auth: str
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """The operator's matching settings, as the matcher needs them."""
+
+    allowed_value_types: frozenset[str] = frozenset()
+    max_per_endpoint_per_day: int = 0  # 0 = no cap
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery claimed by a dispatcher: everything needed to build and send one push."""
+
+    delivery_id: int
+    attempts: int
+    compact: bool
+    event_created_at: float
+    stream: Stream
+    row: dict[str, Any]
+
+
+@dataclass
+class IngestResult:
+    events: int = 0
+    new_events: int = 0
+    deliveries: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,131 @@
+"""Composition root: the store, the VAPID signer, the dispatcher and the HTTP server in one task group."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.dispatcher import Dispatcher
+from gateway.store import Store, open_store
+from gateway.webpush import (
+    PushClient,
+    VapidSigner,
+    generate_key_file,
+    key_file_is_private,
+    public_key_b64,
+    read_key_file,
+)
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between retention purges
+
+
+def load_vapid_signer(settings: Settings) -> VapidSigner:
+    """The VAPID signer, generating the key file (mode 0600) on first start."""
+    path = Path(settings.vapid.private_key_file)
+    if path.exists():
+        key = read_key_file(path)
+        if not key_file_is_private(path):
+            log.warning("VAPID key file %s is readable by others: chmod 600 it", path)
+    else:
+        key = generate_key_file(path)
+        log.warning(
+            "generated a new VAPID key pair in %s (mode 0600): back it up; browsers "
+            "subscribed with its public key cannot be reached without it",
+            path,
+        )
+    if settings.vapid.subject_is_placeholder:
+        log.warning(
+            "!!! [vapid] subject is %r, a placeholder: push services (Apple in particular) "
+            "reject it. Set it to a real mailto: or https: contact. !!!",
+            settings.vapid.subject,
+        )
+    return VapidSigner(key, settings.vapid.subject)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    """One gateway process: HTTP API + dispatcher sharing one store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._server: uvicorn.Server | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the process to finish: the server stops accepting, in-flight claims are released."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        settings = self.settings
+        signer = load_vapid_signer(settings)
+        store = open_store(settings.storage.url)
+        await store.open()
+        try:
+            push = settings.push
+            async with PushClient(
+                signer,
+                ttl=push.ttl,
+                urgency=push.urgency,
+                timeout=push.request_timeout,
+                concurrency_per_origin=push.concurrency_per_origin,
+            ) as client:
+                dispatcher = Dispatcher(store, client, push)
+                app = create_app(settings, store, signer.public_key, on_ingest=dispatcher.wake)
+                sock = bind_socket(settings.server.host, settings.server.port)
+                port = sock.getsockname()[1]
+                config = uvicorn.Config(
+                    app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+                )
+                self._server = uvicorn.Server(config)
+                if self._stopping:
+                    self._server.should_exit = True
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(dispatcher.run)
+                    tg.start_soon(self._housekeeping, store)
+                    log.info("gateway listening on http://%s:%d", settings.server.host, port)
+                    print(f"VAPID public key: {signer.public_key}", flush=True)
+                    print(f"gateway listening on http://{settings.server.host}:{port}", flush=True)
+                    task_status.started(port)
+                    await self._server.serve(sockets=[sock])
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+        log.info("gateway stopped")
+
+    async def _housekeeping(self, store: Store) -> None:
+        retention = self.settings.push.retention_days * 86400
+        while True:
+            try:
+                purged = await store.purge(time.time() - retention)
+                if purged:
+                    log.info(
+                        "purged %d finished deliveries older than %.0f days", purged, self.settings.push.retention_days
+                    )
+            except Exception:
+                log.exception("retention purge failed")
+            await anyio.sleep(HOUSEKEEPING_INTERVAL)
+
+
+__all__ = ["Gateway", "load_vapid_signer", "public_key_b64"]

@@ -1,0 +1,18 @@
+"""Persistence: the Store contract (base.py) and its implementations."""
+
+from __future__ import annotations
+
+from gateway.exceptions import ConfigError
+from gateway.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """The store for a ``[storage] url``: ``sqlite:///path`` (PostgreSQL comes with scale-out)."""
+    if url.startswith("sqlite:///"):
+        from gateway.store.sqlite import SqliteStore
+
+        return SqliteStore(url.removeprefix("sqlite:///"))
+    raise ConfigError(f"storage.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:///PATH)")
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,102 @@
+"""The Store contract: everything the API, the matcher and the dispatcher need from persistence.
+
+Delivery life cycle (``deliveries.status``):
+
+    pending ──claim (lease)──► in flight ──► sent
+       ▲                          │      ├─► gone       (404/410: every stream of the endpoint deleted)
+       └──── retry (due_at) ◄─────┘      ├─► rejected   (401/403: our VAPID is wrong; stream kept)
+                                         ├─► dead       (other 4xx, 413 twice, or retries past give-up age)
+                                         └─► cancelled  (the stream was deleted before sending)
+
+A claim that is never finished (the process died) is claimable again once its lease ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.models import Claim, Event, IngestResult, MatchPolicy
+
+FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the dispatcher learned about one claimed delivery."""
+
+    delivery_id: int
+    status: FinalStatus | Literal["retry"]
+    http_status: int | None = None
+    reason: str = ""
+    retry_at: float | None = None  # for "retry": when it is due again
+    compact: bool = False  # for "retry": send the compact payload next time
+    endpoint_hash: str = ""  # for "gone": the endpoint whose streams are deleted
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery_id: int
+    event_key: str
+    endpoint_hash: str
+    account_id: str | None
+    status: str
+    http_status: int | None
+    reason: str
+    attempts: int
+    created_at: float
+    finished_at: float | None
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise when the store cannot answer (health check)."""
+
+    # --- streams and preferences (the public API) ---
+    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
+        """Create or refresh a stream; True when it was new."""
+
+    async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
+        """Delete the endpoint's streams (only ``account_id``'s when given); returns how many."""
+
+    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
+        """Mute or unmute a type for a stream; False when no such stream exists."""
+
+    # --- ingest: matcher + outbox + cursor in one transaction ---
+    async def ingest(
+        self,
+        events: list[Event],
+        policy: MatchPolicy,
+        *,
+        cursor: tuple[str, str] | None = None,
+    ) -> IngestResult:
+        """Record events, write their deliveries and advance ``cursor`` = (source, value) atomically."""
+
+    async def get_cursor(self, source: str) -> str | None: ...
+
+    # --- outbox (the dispatcher) ---
+    async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
+        """Take up to ``limit`` due deliveries, leasing them to this process."""
+
+    async def next_due_at(self) -> float | None:
+        """Earliest due time of a pending delivery, or None when the outbox is empty."""
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Apply dispatch outcomes (and prune gone endpoints) in one transaction."""
+
+    async def release(self, delivery_ids: list[int]) -> None:
+        """Give claims back (clean shutdown) so another worker takes them at once."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Deliveries that ended without being sent (dead, rejected), newest first."""
+
+    async def counts(self) -> dict[str, int]:
+        """Streams, accounts and deliveries by status (health and metrics)."""
+
+    async def purge(self, older_than: float) -> int:
+        """Delete finished deliveries and events created before ``older_than`` (epoch seconds)."""

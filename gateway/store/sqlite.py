@@ -1,0 +1,478 @@
+"""The embedded store: one SQLite file, one writer thread, WAL journal.
+
+Every call runs on a single worker thread (a capacity limiter of one), so the event loop never
+blocks on disk and transactions never interleave. ``kill -9`` at any moment leaves the file
+consistent: each method is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import sqlite_utils
+
+from gateway.endpoints import endpoint_hash
+from gateway.exceptions import StoreError
+from gateway.matcher import match
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.store.base import DeadLetter, Outcome
+
+T = TypeVar("T")
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE streams (
+            id INTEGER PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            endpoint_hash TEXT NOT NULL,
+            p256dh TEXT NOT NULL,
+            auth TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (endpoint_hash, account_id)
+        );
+        CREATE INDEX streams_by_account ON streams (account_id);
+        CREATE TABLE preferences (
+            endpoint_hash TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            PRIMARY KEY (endpoint_hash, account_id, value_type)
+        );
+        CREATE TABLE events (
+            event_key TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            block_height INTEGER,
+            row_json TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX events_by_created ON events (created_at);
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            event_key TEXT NOT NULL,
+            stream_id INTEGER NOT NULL,
+            endpoint_hash TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            compact INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            due_at REAL NOT NULL,
+            lease_until REAL,
+            finished_at REAL,
+            http_status INTEGER,
+            reason TEXT NOT NULL DEFAULT '',
+            UNIQUE (event_key, endpoint_hash)
+        );
+        CREATE INDEX deliveries_due ON deliveries (due_at) WHERE status = 'pending';
+        CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_hash) WHERE status = 'pending';
+        CREATE INDEX deliveries_finished ON deliveries (status, finished_at);
+        CREATE TABLE endpoint_daily (
+            endpoint_hash TEXT NOT NULL,
+            day TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (endpoint_hash, day)
+        );
+        CREATE TABLE cursors (
+            source TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
+]
+
+
+def utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+class SqliteStore:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("store is not open")
+        return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run(run)
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            db = sqlite_utils.Database(conn)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes
+            db.execute("PRAGMA foreign_keys = ON")
+            self._migrate(db)
+            return conn
+
+        try:
+            self._conn = await anyio.to_thread.run_sync(connect, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(db: sqlite_utils.Database) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        applied = {row[0] for row in db.execute("SELECT name FROM schema_migrations").fetchall()}
+        for name, sql in MIGRATIONS:
+            if name in applied:
+                continue
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, sql.split(";")):
+                    db.conn.execute(statement)
+                db.conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # --- streams --------------------------------------------------------------------------
+
+    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
+        now = self._clock()
+        ehash = endpoint_hash(endpoint)
+
+        def run(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE streams SET gateway = ?, p256dh = ?, auth = ?, endpoint = ?, updated_at = ? "
+                "WHERE endpoint_hash = ? AND account_id = ?",
+                (gateway, p256dh, auth, endpoint, now, ehash, account_id),
+            )
+            if cur.rowcount:
+                return False
+            c.execute(
+                "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (account_id, gateway, endpoint, ehash, p256dh, auth, now, now),
+            )
+            return True
+
+        return await self._tx(run)
+
+    async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
+        ehash = endpoint_hash(endpoint)
+        return await self._tx(lambda c: _delete_streams(c, ehash, account_id, self._clock()))
+
+    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
+        ehash = endpoint_hash(endpoint)
+
+        def run(c: sqlite3.Connection) -> bool:
+            exists = c.execute(
+                "SELECT 1 FROM streams WHERE endpoint_hash = ? AND account_id = ?", (ehash, account_id)
+            ).fetchone()
+            if not exists:
+                return False
+            if block:
+                c.execute("INSERT OR IGNORE INTO preferences VALUES (?, ?, ?)", (ehash, account_id, value_type))
+            else:
+                c.execute(
+                    "DELETE FROM preferences WHERE endpoint_hash = ? AND account_id = ? AND value_type = ?",
+                    (ehash, account_id, value_type),
+                )
+            return True
+
+        return await self._tx(run)
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        events: list[Event],
+        policy: MatchPolicy,
+        *,
+        cursor: tuple[str, str] | None = None,
+    ) -> IngestResult:
+        now = self._clock()
+        day = utc_day(now)
+
+        def run(c: sqlite3.Connection) -> IngestResult:
+            result = IngestResult(events=len(events))
+            for event in events:
+                inserted = c.execute(
+                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.key,
+                        event.source,
+                        event.receiver,
+                        event.value_type,
+                        event.block_height,
+                        json.dumps(event.row, separators=(",", ":")),
+                        now,
+                    ),
+                ).rowcount
+                if not inserted:
+                    result.skipped["duplicate_event"] = result.skipped.get("duplicate_event", 0) + 1
+                    continue
+                result.new_events += 1
+                self._match_one(c, event, policy, now, day, result)
+            if cursor is not None:
+                c.execute(
+                    "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (source) "
+                    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (cursor[0], cursor[1], now),
+                )
+            return result
+
+        return await self._tx(run)
+
+    @staticmethod
+    def _match_one(
+        c: sqlite3.Connection, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
+    ) -> None:
+        streams = [
+            Stream(r["id"], r["account_id"], r["gateway"], r["endpoint"], r["endpoint_hash"], "", "")
+            for r in c.execute(
+                "SELECT id, account_id, gateway, endpoint, endpoint_hash FROM streams WHERE account_id = ?",
+                (event.receiver,),
+            )
+        ]
+        if not streams:
+            return
+        blocked: dict[str, set[str]] = {}
+        for r in c.execute("SELECT endpoint_hash, value_type FROM preferences WHERE account_id = ?", (event.receiver,)):
+            blocked.setdefault(r[0], set()).add(r[1])
+        hashes = [s.endpoint_hash for s in streams]
+        marks = ",".join("?" * len(hashes))
+        sent_today = dict(
+            c.execute(
+                f"SELECT endpoint_hash, count FROM endpoint_daily WHERE day = ? AND endpoint_hash IN ({marks})",  # noqa: S608
+                (day, *hashes),
+            ).fetchall()
+        )
+        already = frozenset(
+            r[0] for r in c.execute("SELECT endpoint_hash FROM deliveries WHERE event_key = ?", (event.key,))
+        )
+        outcome = match(
+            event,
+            streams,
+            policy=policy,
+            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, ())) for s in streams},
+            sent_today=sent_today,
+            already_delivered=already,
+        )
+        for reason, count in outcome.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + count
+        for stream in outcome.selected:
+            c.execute(
+                "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (event.key, stream.id, stream.endpoint_hash, now, now),
+            )
+            c.execute(
+                "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
+                "DO UPDATE SET count = count + 1",
+                (stream.endpoint_hash, day),
+            )
+            result.deliveries += 1
+
+    async def get_cursor(self, source: str) -> str | None:
+        row = await self._run(lambda c: c.execute("SELECT value FROM cursors WHERE source = ?", (source,)).fetchone())
+        return None if row is None else str(row[0])
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
+        now = self._clock()
+
+        def run(c: sqlite3.Connection) -> list[Claim]:
+            rows = c.execute(
+                "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN ("
+                " SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
+                " RETURNING id, attempts, compact, event_key, stream_id, created_at",
+                (now + lease_seconds, now, now, limit),
+            ).fetchall()
+            claims: list[Claim] = []
+            orphans: list[int] = []
+            for r in rows:
+                joined = c.execute(
+                    "SELECT s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json "
+                    "FROM streams s, events e WHERE s.id = ? AND e.event_key = ?",
+                    (r["stream_id"], r["event_key"]),
+                ).fetchone()
+                if joined is None:
+                    orphans.append(r["id"])
+                    continue
+                stream = Stream(
+                    r["stream_id"],
+                    joined["account_id"],
+                    joined["gateway"],
+                    joined["endpoint"],
+                    joined["endpoint_hash"],
+                    joined["p256dh"],
+                    joined["auth"],
+                )
+                claims.append(
+                    Claim(
+                        delivery_id=r["id"],
+                        attempts=r["attempts"],
+                        compact=bool(r["compact"]),
+                        event_created_at=r["created_at"],
+                        stream=stream,
+                        row=json.loads(joined["row_json"]),
+                    )
+                )
+            if orphans:
+                c.executemany(
+                    "UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "
+                    "reason = 'stream deleted before sending' WHERE id = ?",
+                    [(now, i) for i in orphans],
+                )
+            return claims
+
+        return await self._tx(run)
+
+    async def next_due_at(self) -> float | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        now = self._clock()
+
+        def run(c: sqlite3.Connection) -> None:
+            for o in outcomes:
+                if o.status == "retry":
+                    c.execute(
+                        "UPDATE deliveries SET due_at = ?, lease_until = NULL, compact = ?, http_status = ?, "
+                        "reason = ? WHERE id = ? AND status = 'pending'",
+                        (o.retry_at or now, int(o.compact), o.http_status, o.reason, o.delivery_id),
+                    )
+                    continue
+                c.execute(
+                    "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, "
+                    "reason = ? WHERE id = ? AND status = 'pending'",
+                    (o.status, now, o.http_status, o.reason, o.delivery_id),
+                )
+                if o.status == "gone" and o.endpoint_hash:
+                    _delete_streams(c, o.endpoint_hash, None, now)
+
+        await self._tx(run)
+
+    async def release(self, delivery_ids: list[int]) -> None:
+        await self._tx(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET lease_until = NULL, attempts = MAX(attempts - 1, 0) "
+                "WHERE id = ? AND status = 'pending'",
+                [(i,) for i in delivery_ids],
+            )
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        def run(c: sqlite3.Connection) -> list[DeadLetter]:
+            rows = c.execute(
+                "SELECT d.*, s.account_id FROM deliveries d LEFT JOIN streams s ON s.id = d.stream_id "
+                "WHERE d.status IN ('dead', 'rejected') ORDER BY d.finished_at DESC, d.id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                DeadLetter(
+                    delivery_id=r["id"],
+                    event_key=r["event_key"],
+                    endpoint_hash=r["endpoint_hash"],
+                    account_id=r["account_id"],
+                    status=r["status"],
+                    http_status=r["http_status"],
+                    reason=r["reason"],
+                    attempts=r["attempts"],
+                    created_at=r["created_at"],
+                    finished_at=r["finished_at"],
+                )
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def counts(self) -> dict[str, int]:
+        def run(c: sqlite3.Connection) -> dict[str, int]:
+            out: dict[str, Any] = {
+                "streams": c.execute("SELECT COUNT(*) FROM streams").fetchone()[0],
+                "accounts": c.execute("SELECT COUNT(DISTINCT account_id) FROM streams").fetchone()[0],
+            }
+            for status, n in c.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
+                out[f"deliveries_{status}"] = n
+            return {k: int(v) for k, v in out.items()}
+
+        return await self._run(run)
+
+    async def purge(self, older_than: float) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            n = c.execute(
+                "DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?", (older_than,)
+            ).rowcount
+            c.execute(
+                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_key = events.event_key)",
+                (older_than,),
+            )
+            c.execute("DELETE FROM endpoint_daily WHERE day < ?", (utc_day(older_than),))
+            return int(n)
+
+        return await self._tx(run)
+
+
+def _delete_streams(c: sqlite3.Connection, ehash: str, account_id: str | None, now: float) -> int:
+    """Delete streams of an endpoint and cancel what was still queued for them."""
+    where, args = "endpoint_hash = ?", [ehash]
+    if account_id is not None:
+        where += " AND account_id = ?"
+        args.append(account_id)
+    ids = [r[0] for r in c.execute(f"SELECT id FROM streams WHERE {where}", args)]  # noqa: S608
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    c.execute(f"DELETE FROM streams WHERE id IN ({marks})", ids)  # noqa: S608
+    c.execute(f"DELETE FROM preferences WHERE {where}", args)  # noqa: S608
+    c.execute(
+        f"UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "  # noqa: S608
+        f"reason = 'stream deleted' WHERE status = 'pending' AND stream_id IN ({marks})",
+        (now, *ids),
+    )
+    return len(ids)

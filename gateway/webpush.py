@@ -1,0 +1,228 @@
+"""The Web Push boundary: the only importer of pywebpush, aiohttp and the VAPID crypto.
+
+- VAPID (RFC 8292): the ES256 key pair lives in one file (PEM, or a raw base64url private key as
+  web-push/py-vapid tools print it, so an existing deployment keeps its public key). One signed JWT
+  is cached per push-service origin and renewed well before ``exp``.
+- Encryption (RFC 8291, aes128gcm) is pywebpush's ``WebPusher.encode``.
+- Sending: one aiohttp session, bounded concurrency per origin, no redirects followed (a redirect
+  could lead off the allow-list), and every answer classified into a ``Verdict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import aiohttp
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from pywebpush import WebPusher
+
+from gateway.endpoints import origin_of
+from gateway.exceptions import VapidKeyError
+from gateway.models import b64url_decode, b64url_encode
+
+JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
+JWT_RENEW_BEFORE = 3600  # renew a cached JWT this long before it expires
+KEY_FILE_MODE = 0o600
+
+
+# --- VAPID keys ---------------------------------------------------------------------------
+
+
+def generate_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Create a new P-256 key at ``path`` (PEM, mode 0600); fails if the file exists."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key
+
+
+def read_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Read a VAPID private key: PEM (PKCS8 or SEC1) or a raw 32-byte base64url scalar."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VapidKeyError(f"cannot read VAPID key file {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            scalar = b64url_decode(data.decode("ascii").strip())
+            if len(scalar) != 32:
+                raise ValueError("raw key must be 32 bytes")
+            key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeDecodeError) as exc:
+        raise VapidKeyError(f"{path} is not a P-256 private key (PEM or base64url)") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise VapidKeyError(f"{path} is not a P-256 (prime256v1) key")
+    return key
+
+
+def key_file_is_private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:
+    """The applicationServerKey browsers subscribe with: base64url uncompressed point."""
+    raw = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return b64url_encode(raw)
+
+
+class VapidSigner:
+    """Signs VAPID JWTs, one cached ``Authorization`` header per push-service origin."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, subject: str, clock: Callable[[], float] = time.time) -> None:
+        self._key = key
+        self._subject = subject
+        self._clock = clock
+        self.public_key = public_key_b64(key)
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def authorization(self, origin: str) -> str:
+        now = self._clock()
+        cached = self._cache.get(origin)
+        if cached is not None and cached[0] - JWT_RENEW_BEFORE > now:
+            return cached[1]
+        exp = int(now) + JWT_LIFETIME
+        header = f"vapid t={self._sign({'aud': origin, 'exp': exp, 'sub': self._subject})}, k={self.public_key}"
+        self._cache[origin] = (float(exp), header)
+        return header
+
+    def _sign(self, claims: dict[str, object]) -> str:
+        def part(obj: dict[str, object]) -> str:
+            return b64url_encode(json.dumps(obj, separators=(",", ":")).encode())
+
+        signing_input = f"{part({'typ': 'JWT', 'alg': 'ES256'})}.{part(claims)}"
+        der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+# --- encryption -----------------------------------------------------------------------------
+
+
+def encrypt(plaintext: bytes, p256dh: str, auth: str) -> bytes:
+    """aes128gcm body (RFC 8291) for one subscription."""
+    pusher = WebPusher({"endpoint": "", "keys": {"p256dh": p256dh, "auth": auth}})
+    body: bytes = pusher.encode(plaintext, content_encoding="aes128gcm")["body"]
+    return body
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    SENT = "sent"  # 2xx
+    GONE = "gone"  # 404/410: the subscription no longer exists
+    TOO_LARGE = "too_large"  # 413
+    RETRY = "retry"  # 429, 5xx, 406 (WNS throttling), timeouts, connection errors
+    REJECTED = "rejected"  # 401/403: our VAPID credentials are wrong
+    FAILED = "failed"  # any other 4xx: retrying will not help
+
+
+@dataclass(frozen=True)
+class PushAnswer:
+    verdict: Verdict
+    status: int | None  # None when no HTTP answer came (timeout, connection error)
+    retry_after: float | None  # seconds, from the Retry-After header
+    detail: str  # short text for logs and dead letters; never the endpoint or keys
+
+
+def classify(status: int) -> Verdict:
+    if 200 <= status < 300:
+        return Verdict.SENT
+    if status in (404, 410):
+        return Verdict.GONE
+    if status == 413:
+        return Verdict.TOO_LARGE
+    if status in (401, 403):
+        return Verdict.REJECTED
+    if status in (406, 408, 425, 429) or status >= 500:
+        return Verdict.RETRY
+    return Verdict.FAILED
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class PushClient:
+    """POSTs encrypted messages to push services with per-origin concurrency limits."""
+
+    def __init__(
+        self,
+        signer: VapidSigner,
+        *,
+        ttl: int,
+        urgency: str,
+        timeout: float,
+        concurrency_per_origin: int,
+    ) -> None:
+        self._signer = signer
+        self._ttl = str(ttl)
+        self._urgency = urgency
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._per_origin = concurrency_per_origin
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PushClient:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_origin, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=["User-Agent"]
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer:
+        if self._session is None:
+            raise RuntimeError("PushClient used outside 'async with'")
+        origin = origin_of(endpoint)
+        body = encrypt(plaintext, p256dh, auth)
+        headers = {
+            "Authorization": self._signer.authorization(origin),
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "TTL": self._ttl,
+            "Urgency": self._urgency,
+        }
+        limit = self._limits.setdefault(origin, asyncio.Semaphore(self._per_origin))
+        async with limit:
+            try:
+                async with self._session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
+                    text = (await response.content.read(512)).decode("utf-8", "replace")
+                    status = response.status
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            except TimeoutError:
+                return PushAnswer(Verdict.RETRY, None, None, "timeout")
+            except aiohttp.ClientError as exc:
+                return PushAnswer(Verdict.RETRY, None, None, f"connection error: {type(exc).__name__}")
+        detail = " ".join(text.split())[:200]
+        return PushAnswer(classify(status), status, retry_after, f"HTTP {status} {detail}".strip())

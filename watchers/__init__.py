@@ -1,0 +1,1 @@
+"""Watchers follow external event streams and turn their frames into gateway Events."""
