@@ -39,3 +39,109 @@ def test_fixture_create_body_then_event_delivers_every_row_field(
     assert push.payload["tag"]
     assert push.headers["TTL"] == "86400" and push.headers["Urgency"] == "normal"
     assert push.claims["aud"] == fake_push.url and push.claims["sub"] == "mailto:ops@gateway.test"
+
+
+def test_create_twice_is_idempotent_and_refreshes_keys(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push)
+    old_keys = sub.keys
+    from tests.rfc8291 import BrowserKeys
+
+    sub.keys = BrowserKeys.new()  # the browser re-subscribed with new keys on the same endpoint
+    subscribe(gateway, fake_push, sub=sub)
+    assert len(gateway.query("SELECT * FROM streams")) == 1
+    gateway.ingest(row(1))
+    [push] = fake_push.wait_count(sub, 1)
+    assert push.payload is not None and push.payload["id"] == 1  # decrypted with the new keys
+    assert fake_push.errors == []
+    assert old_keys is not sub.keys
+
+
+def test_one_endpoint_carries_two_accounts_and_delete_by_account(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    subscribe(gateway, fake_push, "carol.near", sub=sub)
+    gateway.ingest([row(1, "bob.near"), row(2, "carol.near")])
+    pushes = fake_push.wait_count(sub, 2)
+    assert sorted(p.payload["receiver"] for p in pushes if p.payload) == ["bob.near", "carol.near"]
+
+    r = gateway.post("/subscriptions/delete", {"endpoint": sub.endpoint, "accountId": "carol.near"})
+    assert r.status_code == 204
+    assert gateway.ingest(row(3, "carol.near")).json()["deliveries"] == 0
+    assert gateway.ingest(row(4, "bob.near")).json()["deliveries"] == 1
+    pushes = fake_push.wait_count(sub, 3)
+    assert [p.payload["id"] for p in pushes if p.payload][-1] == 4
+
+
+def test_delete_removes_every_stream_of_the_endpoint(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    subscribe(gateway, fake_push, "carol.near", sub=sub)
+    r = gateway.post("/subscriptions/delete", {"endpoint": sub.endpoint})
+    assert r.status_code == 204 and r.content == b""
+    assert gateway.query("SELECT * FROM streams") == []
+    assert gateway.ingest([row(1, "bob.near"), row(2, "carol.near")]).json()["deliveries"] == 0
+    again = gateway.post("/subscriptions/delete", {"endpoint": sub.endpoint})
+    assert again.status_code == 400 and again.json()["code"] == "unknown_subscription"
+
+
+def test_preference_block_mutes_that_type_only(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push)
+    body = {"accountId": "bob.near", "endpoint": sub.endpoint, "dapp": "like", "block": True}
+    assert gateway.post("/preferences/set", body).status_code == 201
+    result = gateway.ingest([row(1, value_type="like"), row(2, value_type="comment")]).json()
+    assert result["deliveries"] == 1 and result["skipped"] == {"blocked_by_preference": 1}
+    [push] = fake_push.wait_count(sub, 1)
+    assert push.payload is not None and push.payload["valueType"] == "comment"
+
+    assert gateway.post("/preferences/set", {**body, "block": False}).status_code == 201
+    assert gateway.ingest(row(3, value_type="like")).json()["deliveries"] == 1
+    fake_push.wait_count(sub, 2)
+
+
+def test_preference_for_unknown_or_foreign_endpoint_is_refused(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    foreign = {"accountId": "mallory.near", "endpoint": sub.endpoint, "dapp": "like", "block": True}
+    r = gateway.post("/preferences/set", foreign)
+    assert r.status_code == 400 and r.json()["code"] == "unknown_subscription"
+    unknown = {**foreign, "accountId": "bob.near", "endpoint": fake_push.url + "/push/nope"}
+    assert gateway.post("/preferences/set", unknown).status_code == 400
+    assert gateway.query("SELECT * FROM preferences") == []
+
+
+def test_value_type_filter_drops_types_outside_the_allow_list(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    gw = start_gateway(matching={"allowed_value_types": ["comment"]})
+    sub = subscribe(gw, fake_push)
+    result = gw.ingest([row(1, value_type="like"), row(2, value_type="comment")]).json()
+    assert result["deliveries"] == 1 and result["skipped"] == {"type_not_allowed": 1}
+    [push] = fake_push.wait_count(sub, 1)
+    assert push.payload is not None and push.payload["valueType"] == "comment"
+
+
+def test_duplicate_event_is_sent_once(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push)
+    assert gateway.ingest(row(7)).json()["deliveries"] == 1
+    fake_push.wait_count(sub, 1)
+    again = gateway.ingest([row(7), row(7)]).json()
+    assert again["deliveries"] == 0 and again["skipped"] == {"duplicate_event": 2}
+    gateway.ingest(row(8))
+    pushes = fake_push.wait_count(sub, 2)
+    assert [p.payload["id"] for p in pushes if p.payload] == [7, 8]
+
+
+def test_daily_cap_limits_pushes_per_endpoint(start_gateway: Any, fake_push: FakePushService) -> None:
+    gw = start_gateway(matching={"max_per_endpoint_per_day": 2})
+    sub = subscribe(gw, fake_push)
+    other = subscribe(gw, fake_push, "carol.near")
+    result = gw.ingest([row(i) for i in range(1, 5)] + [row(9, "carol.near")]).json()
+    assert result["deliveries"] == 3 and result["skipped"] == {"daily_cap": 2}
+    fake_push.wait_count(sub, 2)
+    fake_push.wait_count(other, 1)
+    # Yesterday's count does not hold today back: time is moved by editing the counter's row.
+    with gw.db() as conn:
+        conn.execute("UPDATE endpoint_daily SET day = '2000-01-01'")
+    assert gw.ingest(row(5)).json()["deliveries"] == 1
+    assert len(fake_push.wait_count(sub, 3)) == 3
