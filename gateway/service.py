@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -62,6 +66,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the Gateway owns shutdown (uvicorn would re-raise
+    SIGTERM after serving, killing the process before in-flight claims are released)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Gateway:
     """One gateway process: HTTP API + dispatcher sharing one store."""
 
@@ -97,12 +110,14 @@ class Gateway:
                 config = uvicorn.Config(
                     app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
                 )
-                self._server = uvicorn.Server(config)
+                self._server = _Server(config)
                 if self._stopping:
                     self._server.should_exit = True
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(dispatcher.run)
                     tg.start_soon(self._housekeeping, store)
+                    if threading.current_thread() is threading.main_thread():
+                        tg.start_soon(self._stop_on_signal)
                     log.info("gateway listening on http://%s:%d", settings.server.host, port)
                     print(f"VAPID public key: {signer.public_key}", flush=True)
                     print(f"gateway listening on http://{settings.server.host}:{port}", flush=True)
@@ -113,6 +128,13 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 await store.close()
         log.info("gateway stopped")
+
+    async def _stop_on_signal(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                self.stop()
+                return
 
     async def _housekeeping(self, store: Store) -> None:
         retention = self.settings.push.retention_days * 86400

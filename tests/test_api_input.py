@@ -18,8 +18,11 @@ GOOD_KEYS = {
 GOOD = {
     "accountId": "bob.near",
     "gateway": "https://near.social",
-    "subscription": {"endpoint": "https://fcm.googleapis.com/fcm/send/abc:APA91b", "expirationTime": None,
-                     "keys": GOOD_KEYS},
+    "subscription": {
+        "endpoint": "https://fcm.googleapis.com/fcm/send/abc:APA91b",
+        "expirationTime": None,
+        "keys": GOOD_KEYS,
+    },
 }
 NOT_ON_CURVE = base64.urlsafe_b64encode(b"\x04" + b"\x01" * 64).rstrip(b"=").decode()
 
@@ -48,17 +51,32 @@ CREATE_CASES = [
     ("p256dh not on the curve", with_("subscription.keys.p256dh", NOT_ON_CURVE), "invalid_p256dh"),
     ("auth 15 bytes", with_("subscription.keys.auth", "_WaWEIbW1xnIE4LSaho9"), "invalid_auth"),
     ("auth 32 bytes", with_("subscription.keys.auth", GOOD_KEYS["auth"] * 2), "invalid_auth"),
-    ("metadata endpoint", with_("subscription.endpoint", "http://169.254.169.254/latest/meta-data"),
-     "endpoint_not_allowed"),
+    (
+        "metadata endpoint",
+        with_("subscription.endpoint", "http://169.254.169.254/latest/meta-data"),
+        "endpoint_not_allowed",
+    ),
     ("foreign https endpoint", with_("subscription.endpoint", "https://evil.example/push"), "endpoint_not_allowed"),
-    ("look-alike host", with_("subscription.endpoint", "https://fcm.googleapis.com.evil.example/x"),
-     "endpoint_not_allowed"),
-    ("userinfo trick", with_("subscription.endpoint", "https://fcm.googleapis.com@evil.example/x"),
-     "endpoint_not_allowed"),
-    ("http to an allowed host", with_("subscription.endpoint", "http://fcm.googleapis.com/fcm/send/x"),
-     "endpoint_not_allowed"),
-    ("endpoint too long", with_("subscription.endpoint", "https://fcm.googleapis.com/" + "a" * 3000),
-     "invalid_endpoint"),
+    (
+        "look-alike host",
+        with_("subscription.endpoint", "https://fcm.googleapis.com.evil.example/x"),
+        "endpoint_not_allowed",
+    ),
+    (
+        "userinfo trick",
+        with_("subscription.endpoint", "https://fcm.googleapis.com@evil.example/x"),
+        "endpoint_not_allowed",
+    ),
+    (
+        "http to an allowed host",
+        with_("subscription.endpoint", "http://fcm.googleapis.com/fcm/send/x"),
+        "endpoint_not_allowed",
+    ),
+    (
+        "endpoint too long",
+        with_("subscription.endpoint", "https://fcm.googleapis.com/" + "a" * 3000),
+        "invalid_endpoint",
+    ),
     ("gateway not a URL", with_("gateway", "near.social"), "invalid_gateway"),
     ("accountId not a string", with_("accountId", 42), "invalid_field"),
     ("body is a list", [GOOD], "invalid_body"),
@@ -100,8 +118,11 @@ def test_body_over_the_limit_is_a_413(gateway: RunningGateway) -> None:
     huge = with_("gateway", "https://near.social/" + "a" * 20000)
     r = gateway.post("/subscriptions/create", huge)
     assert r.status_code == 413 and r.json()["code"] == "body_too_large"
-    chunked = gateway.http.post("/subscriptions/create", content=iter([b"{" + b" " * 9000, b" " * 9000 + b"}"]),
-                                headers={"Content-Type": "application/json"})
+    chunked = gateway.http.post(
+        "/subscriptions/create",
+        content=iter([b"{" + b" " * 9000, b" " * 9000 + b"}"]),
+        headers={"Content-Type": "application/json"},
+    )
     assert chunked.status_code == 413
     assert gateway.http.get("/healthz").status_code == 200
 
@@ -144,8 +165,9 @@ def test_bad_event_rows_are_refused_and_nothing_is_ingested(gateway: RunningGate
 
 
 def test_bad_event_row_error_names_the_row(gateway: RunningGateway) -> None:
-    r = gateway.post("/events", [row(1), {"id": 2, "receiver": "bob.near"}],
-                     headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+    r = gateway.post(
+        "/events", [row(1), {"id": 2, "receiver": "bob.near"}], headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
+    )
     assert r.json()["message"] == 'rows[1]: "valueType" is required'
 
 
@@ -156,9 +178,14 @@ def test_too_many_rows_is_a_413(start_gateway: Any) -> None:
 
 
 def test_cors_is_open_for_the_near_routes(gateway: RunningGateway) -> None:
-    r = gateway.http.options("/subscriptions/create", headers={
-        "Origin": "https://near.social", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    r = gateway.http.options(
+        "/subscriptions/create",
+        headers={
+            "Origin": "https://near.social",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
     r = gateway.post("/subscriptions/create", GOOD, headers={"Origin": "https://near.org"})
     assert r.headers["access-control-allow-origin"] == "*"
@@ -170,8 +197,14 @@ def test_vapid_public_key_health_and_openapi(gateway: RunningGateway, fake_push:
     health = gateway.http.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     spec = gateway.http.get("/openapi.json").json()
-    for path in ("/subscriptions/create", "/subscriptions/delete", "/preferences/set", "/events",
-                 "/vapid-public-key", "/healthz"):
+    for path in (
+        "/subscriptions/create",
+        "/subscriptions/delete",
+        "/preferences/set",
+        "/events",
+        "/vapid-public-key",
+        "/healthz",
+    ):
         assert path in spec["paths"], path
     # The key we advertise is the key push services see.
     from tests.test_e2e import subscribe

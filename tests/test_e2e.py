@@ -10,8 +10,9 @@ from tests.fakepush import FakePushService
 
 def subscribe(gw: RunningGateway, fake: FakePushService, account: str = "bob.near", sub: Any = None) -> Any:
     sub = sub or fake.subscribe()
-    r = gw.post("/subscriptions/create",
-                {"accountId": account, "gateway": "https://near.social", "subscription": sub.as_json()})
+    r = gw.post(
+        "/subscriptions/create", {"accountId": account, "gateway": "https://near.social", "subscription": sub.as_json()}
+    )
     assert r.status_code == 201, r.text
     return sub
 
@@ -110,9 +111,7 @@ def test_preference_for_unknown_or_foreign_endpoint_is_refused(
     assert gateway.query("SELECT * FROM preferences") == []
 
 
-def test_value_type_filter_drops_types_outside_the_allow_list(
-    start_gateway: Any, fake_push: FakePushService
-) -> None:
+def test_value_type_filter_drops_types_outside_the_allow_list(start_gateway: Any, fake_push: FakePushService) -> None:
     gw = start_gateway(matching={"allowed_value_types": ["comment"]})
     sub = subscribe(gw, fake_push)
     result = gw.ingest([row(1, value_type="like"), row(2, value_type="comment")]).json()

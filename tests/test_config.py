@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.config import Settings, load_settings
+from gateway.exceptions import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_public_contract() -> None:
+    s = load_settings()
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 8000)
+    assert s.storage.url == "sqlite:///./data/gateway.db"
+    assert s.vapid.private_key_file == "./data/vapid_private.pem"
+    assert s.vapid.subject_is_placeholder
+    assert s.ingest.token == ""
+    assert s.matching.allowed_value_types == [] and s.matching.max_per_endpoint_per_day == 15
+    assert len(s.push.allowed_endpoints) == 4
+
+
+def test_toml_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\nhost = "0.0.0.0"\nport = 8100\n[matching]\nallowed_value_types = ["like"]\n')
+    assert load_settings(cfg).server.port == 8100
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "9000")
+    monkeypatch.setenv("GATEWAY_MATCHING__ALLOWED_VALUE_TYPES", '["comment"]')
+    s = load_settings(cfg)
+    assert (s.server.host, s.server.port) == ("0.0.0.0", 9000)  # the file's host survives
+    assert s.matching.allowed_value_types == ["comment"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ('[server]\nport = "eighty"\n', "server.port"),
+        ("[server]\nprot = 80\n", "server.prot"),
+        ('[push]\nallowed_endpoints = ["http://evil.example/"]\n', "push.allowed_endpoints"),
+        ('[push]\nallowed_endpoints = ["ftp://x/"]\n', "push.allowed_endpoints"),
+        ('[push]\nurgency = "urgent"\n', "push.urgency"),
+        ('[vapid]\nsubject = "ops@example.org"\n', "vapid.subject"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_bad_settings_say_which_key_is_wrong(tmp_path: Path, toml: str, where: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        load_settings(cfg)
+
+
+def test_loopback_http_prefix_is_allowed_when_listed() -> None:
+    s = load_settings(None, {"push": {"allowed_endpoints": ["http://127.0.0.1:8080/"]}})
+    assert s.push.endpoint_prefixes[0].scheme == "http"
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _keys(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def test_every_setting_is_documented_in_config_example_with_its_default() -> None:
+    example: dict[str, Any] = tomllib.loads((ROOT / "config.example.toml").read_text())
+    defaults = Settings().model_dump()
+    for dotted in _keys(Settings):
+        section, key = dotted.split(".")
+        assert key in example.get(section, {}), f"{dotted} missing from config.example.toml"
+        assert example[section][key] == defaults[section][key], f"{dotted}: example differs from the default"
+    # and the example holds nothing the code does not know
+    assert load_settings(ROOT / "config.example.toml") == Settings()
+
+
+def test_every_route_and_command_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for route in (
+        "POST /subscriptions/create",
+        "POST /subscriptions/delete",
+        "POST /preferences/set",
+        "GET /vapid-public-key",
+        "POST /events",
+        "GET /healthz",
+        "GET /openapi.json",
+    ):
+        assert route in readme, route
+    for command in ("gateway serve", "gateway vapid show", "gateway vapid generate"):
+        assert command in readme, command

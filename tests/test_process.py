@@ -1,0 +1,169 @@
+"""The gateway as operators run it: a `gateway serve` subprocess."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import INGEST_TOKEN, row
+from tests.fakepush import FakePushService, Reply
+
+
+class GatewayProcess:
+    def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", *args],
+            cwd=cwd,
+            env={**os.environ, "GATEWAY_SERVER__PORT": "0", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, None), daemon=True).start()
+        deadline = time.monotonic() + 20
+        self.url = ""
+        while not self.url:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"gateway did not start: {''.join(self.stderr)}") from None
+            if line.startswith("gateway listening on "):
+                self.url = line.split()[-1]
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    @staticmethod
+    def _pump(stream: Any, sink: list[str], lines: queue.Queue[str] | None) -> None:
+        for line in stream:
+            sink.append(line)
+            if lines is not None:
+                lines.put(line.strip())
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.http.close()
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.http.close()
+        return code
+
+
+@pytest.fixture
+def procs() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+@pytest.mark.slow
+def test_serve_without_config_uses_embedded_defaults(tmp_path: Path, procs: list[GatewayProcess]) -> None:
+    gw = GatewayProcess(tmp_path, [])
+    procs.append(gw)
+    key_file = tmp_path / "data" / "vapid_private.pem"
+    assert key_file.exists() and (tmp_path / "data" / "gateway.db").exists()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    printed = next(line for line in gw.stdout if line.startswith("VAPID public key: ")).split()[-1]
+    assert gw.http.get("/vapid-public-key").json() == {"publicKey": printed}
+    assert "placeholder" in "".join(gw.stderr)  # the loud warning about [vapid] subject
+    assert "BEGIN" not in "".join(gw.stderr + gw.stdout)  # the private key is never printed
+    assert gw.terminate() == 0
+    assert "gateway stopped" in "".join(gw.stderr)
+
+    again = GatewayProcess(tmp_path, [])  # the second start reuses the key
+    procs.append(again)
+    assert again.http.get("/vapid-public-key").json() == {"publicKey": printed}
+    assert again.terminate() == 0
+
+
+@pytest.mark.slow
+def test_kill_9_with_deliveries_in_flight_loses_nothing(
+    tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[storage]
+url = "sqlite:///{tmp_path / "gw.db"}"
+[vapid]
+private_key_file = "{tmp_path / "vapid.pem"}"
+subject = "mailto:ops@gateway.test"
+[push]
+allowed_endpoints = ["{fake_push.url}/"]
+concurrency = 4
+claim_lease = 2.0
+retry_initial_delay = 0.2
+poll_interval = 0.2
+[ingest]
+token = "{INGEST_TOKEN}"
+[matching]
+max_per_endpoint_per_day = 0
+"""
+    )
+    subs = [fake_push.subscribe() for _ in range(3)]
+    for sub in subs:
+        fake_push.always(sub, Reply(201, delay=0.25))  # a push service across the internet
+
+    gw = GatewayProcess(tmp_path, ["--config", str(config)])
+    procs.append(gw)
+    for i, sub in enumerate(subs):
+        r = gw.http.post(
+            "/subscriptions/create",
+            json={"accountId": f"acc{i}.near", "gateway": "https://near.org", "subscription": sub.as_json()},
+        )
+        assert r.status_code == 201
+    rows = [row(n, f"acc{n % 3}.near") for n in range(1, 31)]
+    r = gw.http.post("/events", json=rows, headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+    assert r.json()["deliveries"] == 30
+
+    assert fake_push.wait_for(lambda: len(fake_push.received) >= 6, timeout=20)
+    gw.kill9()
+    sent_before = len(fake_push.received)
+    assert sent_before < 30, "the kill must come with deliveries still queued"
+
+    restarted = GatewayProcess(tmp_path, ["--config", str(config)])
+    procs.append(restarted)
+
+    def all_delivered() -> bool:
+        got = {(r.sub_id, r.payload["id"]) for r in fake_push.received if r.payload and r.status == 201}
+        return len(got) == 30
+
+    assert fake_push.wait_for(all_delivered, timeout=40), f"{len(fake_push.received)} received"
+    assert fake_push.errors == []
+    # At-least-once: only the pushes in flight at the kill (≤ concurrency) may be sent twice.
+    assert len(fake_push.received) - 30 <= 4
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        statuses = {s for (s,) in _query(tmp_path / "gw.db", "SELECT DISTINCT status FROM deliveries")}
+        if statuses == {"sent"}:
+            break
+        time.sleep(0.1)
+    assert statuses == {"sent"}
+    assert restarted.terminate() == 0
+
+
+def _query(db: Path, sql: str) -> list[Any]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
