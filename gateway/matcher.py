@@ -2,7 +2,9 @@
 
 streams of the receiver − types muted by the stream's preferences − types outside the operator's
 allow-list − endpoints over their daily cap − endpoints that already had this event. The store
-gathers the inputs and writes the answer in the same transaction.
+gathers the inputs and writes the answer in the same transaction; an event seen before never
+reaches the matcher (the store keeps every event key for ``retention_days``), and within one
+event an endpoint carrying several streams gets one push.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ def match(
     policy: MatchPolicy,
     blocked: Mapping[int, frozenset[str]],
     sent_today: Mapping[str, int],
-    already_delivered: frozenset[str],
 ) -> MatchResult:
     """Select the streams that should receive ``event``.
 
     ``blocked`` maps stream id to muted types, ``sent_today`` maps endpoint hash to pushes
-    counted today, ``already_delivered`` holds endpoint hashes that have this event already.
+    counted today.
     """
     skipped: dict[str, int] = {}
 
@@ -49,7 +50,7 @@ def match(
             continue
         if event.value_type in blocked.get(stream.id, frozenset()):
             skip("blocked_by_preference")
-        elif stream.endpoint_hash in already_delivered or stream.endpoint_hash in seen_endpoints:
+        elif stream.endpoint_hash in seen_endpoints:
             skip("duplicate")
         elif policy.max_per_endpoint_per_day and (
             sent_today.get(stream.endpoint_hash, 0) >= policy.max_per_endpoint_per_day

@@ -119,6 +119,16 @@ def create_body() -> dict[str, Any]:
     return body
 
 
+class Clock:
+    """A clock the test moves by hand (passed to code that takes ``clock=``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def row(id: int, receiver: str = "bob.near", value_type: str = "like", **extra: Any) -> dict[str, Any]:
     """A notification row in the QueryAPI shape."""
     base: dict[str, Any] = {

@@ -13,8 +13,9 @@ from gateway.webpush import public_key_b64, read_key_file
 from tests.conftest import RunningGateway
 
 
-def test_vapid_generate_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vapid_generate_then_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     key_file = tmp_path / "k.pem"
     monkeypatch.setenv("GATEWAY_VAPID__PRIVATE_KEY_FILE", str(key_file))
     assert main(["vapid", "generate"]) == 0
@@ -34,8 +35,9 @@ def test_raw_base64url_private_key_is_accepted(tmp_path: Path) -> None:
     assert public_key_b64(read_key_file(path)) == public_key_b64(key)
 
 
-def test_unreadable_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_key_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "bad.pem"
     path.write_text("not a key")
     with pytest.raises(VapidKeyError, match="not a P-256 private key"):

@@ -14,7 +14,7 @@ from gateway.matcher import match
 from gateway.models import Claim, Event, MatchPolicy, Stream
 from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, click_url, notification_tag, title_and_body
 from gateway.webpush import PushAnswer, VapidSigner, Verdict, classify, parse_retry_after
-from tests.conftest import row
+from tests.conftest import Clock, row
 from tests.rfc8291 import verify_vapid
 
 PREFIXES = tuple(parse_prefix(p) for p in DEFAULT_ALLOWED_ENDPOINTS)
@@ -70,7 +70,7 @@ def _streams() -> list[Stream]:
 
 
 def test_matcher_selects_the_receivers_streams_minus_filters() -> None:
-    result = match(_event(), _streams(), policy=MatchPolicy(), blocked={}, sent_today={}, already_delivered=frozenset())
+    result = match(_event(), _streams(), policy=MatchPolicy(), blocked={}, sent_today={})
     assert [s.id for s in result.selected] == [1, 2]
     result = match(
         _event(),
@@ -78,21 +78,12 @@ def test_matcher_selects_the_receivers_streams_minus_filters() -> None:
         policy=MatchPolicy(max_per_endpoint_per_day=3),
         blocked={1: frozenset({"like"})},
         sent_today={"h2": 3},
-        already_delivered=frozenset(),
     )
     assert result.selected == [] and result.skipped == {"blocked_by_preference": 1, "daily_cap": 1}
-    result = match(
-        _event(), _streams(), policy=MatchPolicy(), blocked={}, sent_today={}, already_delivered=frozenset({"h1"})
-    )
-    assert [s.id for s in result.selected] == [2] and result.skipped == {"duplicate": 1}
-    result = match(
-        _event("poke"),
-        _streams(),
-        policy=MatchPolicy(frozenset({"like"})),
-        blocked={},
-        sent_today={},
-        already_delivered=frozenset(),
-    )
+    shared = [*_streams(), Stream(4, "bob.near", "https://near.social", "e1", "h1", "", "")]
+    result = match(_event(), shared, policy=MatchPolicy(), blocked={}, sent_today={})
+    assert [s.id for s in result.selected] == [1, 2] and result.skipped == {"duplicate": 1}
+    result = match(_event("poke"), _streams(), policy=MatchPolicy(frozenset({"like"})), blocked={}, sent_today={})
     assert result.selected == [] and result.skipped == {"type_not_allowed": 2}
 
 
@@ -159,14 +150,6 @@ def test_payload_stays_under_the_aes128gcm_limit() -> None:
     assert len(build_payload(huge, compact=True)) <= 1024
     small = row(2, extra_field="kept")
     assert json.loads(build_payload(small))["extra_field"] == "kept"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_vapid_header_is_cached_per_origin_and_renewed_before_exp() -> None:

@@ -11,7 +11,7 @@ from gateway.endpoints import endpoint_hash
 from gateway.models import Event, MatchPolicy
 from gateway.store.base import Outcome
 from gateway.store.sqlite import SqliteStore
-from tests.conftest import row
+from tests.conftest import Clock, row
 
 pytestmark = pytest.mark.anyio
 
@@ -24,14 +24,6 @@ E2 = "https://fcm.googleapis.com/fcm/send/two"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -112,19 +104,27 @@ async def test_gone_deletes_every_stream_of_the_endpoint_and_cancels_its_queue(s
     claims = await store.claim(1, 30)
     first = next(c for c in claims if c.stream.endpoint == E1)
     await store.record([Outcome(first.delivery_id, "gone", 410, "gone", endpoint_hash=endpoint_hash(E1))])
-    assert await store.counts() == {"streams": 1, "accounts": 1, "deliveries_gone": 1,
-                                    "deliveries_pending": 1, "deliveries_cancelled": 1}
+    assert await store.counts() == {
+        "streams": 1,
+        "accounts": 1,
+        "deliveries_gone": 1,
+        "deliveries_pending": 1,
+        "deliveries_cancelled": 1,
+    }
 
 
 async def test_dead_letters_are_listed_with_their_reason(store: SqliteStore, clock: Clock) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1), event(2)], MatchPolicy())
     a, b = await store.claim(10, 30)
-    await store.record([Outcome(a.delivery_id, "dead", 400, "HTTP 400 bad"),
-                        Outcome(b.delivery_id, "rejected", 403, "VAPID rejected")])
+    await store.record(
+        [Outcome(a.delivery_id, "dead", 400, "HTTP 400 bad"), Outcome(b.delivery_id, "rejected", 403, "VAPID rejected")]
+    )
     letters = await store.dead_letters()
     assert {(d.status, d.http_status, d.reason, d.account_id) for d in letters} == {
-        ("dead", 400, "HTTP 400 bad", "bob.near"), ("rejected", 403, "VAPID rejected", "bob.near")}
+        ("dead", 400, "HTTP 400 bad", "bob.near"),
+        ("rejected", 403, "VAPID rejected", "bob.near"),
+    }
     assert all(d.endpoint_hash == endpoint_hash(E1) for d in letters)
 
 

@@ -283,16 +283,12 @@ class SqliteStore:
                 (day, *hashes),
             ).fetchall()
         )
-        already = frozenset(
-            r[0] for r in c.execute("SELECT endpoint_hash FROM deliveries WHERE event_key = ?", (event.key,))
-        )
         outcome = match(
             event,
             streams,
             policy=policy,
             blocked={s.id: frozenset(blocked.get(s.endpoint_hash, ())) for s in streams},
             sent_today=sent_today,
-            already_delivered=already,
         )
         for reason, count in outcome.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + count
