@@ -59,6 +59,8 @@ class FakePushService:
         self.default_reply = Reply()
         self.received: list[Received] = []
         self.errors: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._cond = threading.Condition(self._lock)
         service = self
 
@@ -159,8 +161,13 @@ class FakePushService:
             payload = json.loads(plaintext)
         except (DecryptError, ValueError) as exc:
             return self._reject(h, 400, f"cannot decrypt: {exc!r}")
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
         if reply.delay:
             time.sleep(reply.delay)
+        with self._lock:
+            self.in_flight -= 1
         record = Received(sub.id, now, reply.status, payload, len(plaintext), claims, dict(h.headers))
         with self._cond:
             self.received.append(record)

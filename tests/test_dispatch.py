@@ -142,3 +142,14 @@ def test_retries_give_up_after_the_configured_age(start_gateway: Any, fake_push:
     [dead] = wait_status(gw, "dead", timeout=15)
     assert dead["reason"].startswith("gave up after") and dead["http_status"] == 503
     assert 1 <= len(fake_push.for_sub(sub, status=503)) <= 6
+
+
+def test_concurrency_per_push_service_is_bounded(start_gateway: Any, fake_push: FakePushService) -> None:
+    gw = start_gateway(push={"concurrency_per_origin": 3}, matching={"max_per_endpoint_per_day": 0})
+    subs = [subscribe(gw, fake_push, f"acc{i}.near") for i in range(4)]
+    for sub in subs:
+        fake_push.always(sub, Reply(201, delay=0.2))
+    gw.ingest([row(n, f"acc{n % 4}.near") for n in range(12)])
+    for sub in subs:
+        fake_push.wait_count(sub, 3, timeout=15)
+    assert fake_push.max_in_flight == 3  # reached, never exceeded

@@ -34,8 +34,12 @@ class GatewayProcess:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, lines), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, None), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, None), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
         deadline = time.monotonic() + 20
         self.url = ""
         while not self.url:
@@ -56,12 +60,19 @@ class GatewayProcess:
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.http.close()
+        self.close()
 
     def terminate(self, timeout: float = 15) -> int:
         self.proc.send_signal(signal.SIGTERM)
+        return self.close(timeout)
+
+    def close(self, timeout: float = 15) -> int:
         code = self.proc.wait(timeout=timeout)
+        for pump in self._pumps:
+            pump.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         self.http.close()
         return code
 
@@ -73,7 +84,8 @@ def procs() -> Iterator[list[GatewayProcess]]:
     for p in started:
         if p.proc.poll() is None:
             p.proc.kill()
-            p.proc.wait()
+        if p.proc.stdout is not None and not p.proc.stdout.closed:
+            p.close()
 
 
 @pytest.mark.slow
