@@ -1,11 +1,45 @@
-"""Pure decoding of source rows into Events (formats in near-protocols.md). No I/O."""
+"""Pure decoding of source frames and pages into Events (formats in near-protocols.md). No I/O.
+
+Every decoder takes raw text or parsed JSON and returns what it found: events, faults (a frame or
+row that did not decode, with a short kind for counting and once-per-kind logging) and the cursor
+the events reach. Nothing here raises on bad input; the socket and HTTP loops stay thin.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from gateway.models import Event, NotificationRow
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # stable, for counting: "malformed_json", "bad_row", "bad_args", ...
+    detail: str
+
+
+@dataclass
+class Decoded:
+    """What one frame or page held."""
+
+    kind: str = "data"  # queryapi: ack | ka | data | error | complete | unknown; actions: past | live
+    events: list[Event] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # error messages the server sent
+    max_block_height: int | None = None
+
+    def add(self, event: Event) -> None:
+        self.events.append(event)
+        if event.block_height is not None:
+            self.max_block_height = max(self.max_block_height or 0, event.block_height)
 
 
 def event_from_row(row: NotificationRow, source: str) -> Event:
@@ -24,3 +58,176 @@ def event_from_row(row: NotificationRow, source: str) -> Event:
 def events_from_rows(rows: list[Mapping[str, Any]], source: str) -> list[Event]:
     """Validate and decode rows; raises pydantic.ValidationError on the first bad row."""
     return [event_from_row(NotificationRow.model_validate(r), source) for r in rows]
+
+
+def _validated(raw: Any, source: str, out: Decoded) -> None:
+    try:
+        out.add(event_from_row(NotificationRow.model_validate(raw), source))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "row"
+        out.faults.append(Fault("bad_row", f"{where}: {first['msg']}"))
+
+
+def _parse(text: str | bytes) -> tuple[Any, Fault | None]:
+    try:
+        return json.loads(text), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, Fault("malformed_json", str(exc)[:120])
+
+
+# --- QueryAPI GraphQL stream (graphql-ws / subscriptions-transport-ws), §5 ---------------------
+
+
+def decode_queryapi_frame(text: str | bytes, *, source: str, table: str) -> Decoded:
+    """One server frame of the QueryAPI stream; rows of ``table`` become events."""
+    frame, fault = _parse(text)
+    if fault is not None:
+        return Decoded("unknown", faults=[fault])
+    if not isinstance(frame, dict):
+        return Decoded("unknown", faults=[Fault("bad_frame", "frame is not an object")])
+    kind = frame.get("type")
+    if kind in ("connection_ack", "ka", "complete"):
+        return Decoded("ack" if kind == "connection_ack" else str(kind))
+    if kind in ("error", "connection_error"):
+        return Decoded("error", errors=_messages(frame.get("payload")))
+    if kind != "data":
+        return Decoded("unknown", faults=[Fault("unknown_frame", f"type {kind!r}")])
+    payload = frame.get("payload")
+    if not isinstance(payload, dict):
+        return Decoded("unknown", faults=[Fault("bad_frame", "data frame without payload")])
+    out = Decoded("data")
+    if payload.get("errors"):
+        out.kind = "error"
+        out.errors = _messages(payload["errors"])
+    data = payload.get("data")
+    rows = data.get(table) if isinstance(data, dict) else None
+    if rows is None:
+        if out.kind != "error":
+            out.faults.append(Fault("bad_frame", f"data frame without {table}"))
+        return out
+    if not isinstance(rows, list):
+        out.faults.append(Fault("bad_frame", f"{table} is not a list"))
+        return out
+    for raw in rows:
+        _validated(raw, source, out)
+    return out
+
+
+def _messages(errors: Any) -> list[str]:
+    items = errors if isinstance(errors, list) else [errors]
+    out = []
+    for e in items:
+        message = e.get("message") if isinstance(e, dict) else e
+        out.append(str(message)[:300])
+    return out
+
+
+# --- SocialDB notify entries, shared by the actions stream and api.near.social ---------------
+
+
+def notify_entries(notify: Any) -> list[Any]:
+    """The entries of an ``index.notify`` value: a JSON string of one object or an array, or the
+    ``{"": "<JSON string>"}`` form. Raises ValueError when it is none of these."""
+    if isinstance(notify, dict) and set(notify) == {""}:
+        notify = notify[""]
+    if not isinstance(notify, str):
+        raise ValueError("notify is not a JSON string")
+    parsed = json.loads(notify)
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+def row_from_notify(row_id: str, initiator: str | None, block_height: int, key: Any, value: Any) -> dict[str, Any]:
+    """A QueryAPI-shaped row from one notify entry (field derivation of near-protocols.md §4)."""
+    if not isinstance(value, dict):
+        raise ValueError("notify value is not an object")
+    item: dict[str, Any] = value["item"] if isinstance(value.get("item"), dict) else {}
+    return {
+        "id": row_id,
+        "blockHeight": block_height,
+        "initiatedBy": initiator,
+        "itemType": item.get("type"),
+        "message": value.get("message") if isinstance(value.get("message"), str) else None,
+        "path": item.get("path"),
+        "receiver": key,
+        "valueType": value.get("type"),
+        "devhubPostId": value.get("post"),
+        "actionAtBlockHeight": item.get("blockHeight") if isinstance(item.get("blockHeight"), int) else None,
+    }
+
+
+# --- NEAR actions WebSocket, §6 --------------------------------------------------------------
+
+SOCIAL_CONTRACT = "social.near"
+
+
+def decode_actions_frame(text: str | bytes, *, source: str, contract: str = SOCIAL_CONTRACT) -> Decoded:
+    """One frame of the actions stream: SocialDB ``set`` calls with ``index.notify`` become events,
+    one per notify entry, identified by (receiptId, actionIndex, entry index)."""
+    frame, fault = _parse(text)
+    if fault is not None:
+        return Decoded("unknown", faults=[fault])
+    if not isinstance(frame, dict) or not isinstance(frame.get("actions"), list):
+        return Decoded("unknown", faults=[Fault("bad_frame", "frame without an actions list")])
+    out = Decoded("past" if frame.get("note") == "past" else "live")
+    for action in frame["actions"]:
+        try:
+            _decode_action(action, source, contract, out)
+        except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+            out.faults.append(Fault("bad_action", f"{type(exc).__name__}: {str(exc)[:120]}"))
+    return out
+
+
+def _decode_action(action: Any, source: str, contract: str, out: Decoded) -> None:
+    if not isinstance(action, dict):
+        raise TypeError("action is not an object")
+    if action.get("status") != "SUCCESS" or action.get("accountId") != contract:
+        return
+    call = (action.get("action") or {}).get("FunctionCall")
+    if not isinstance(call, dict) or call.get("method_name") != "set":
+        return
+    block_height = action["blockHeight"]
+    if not isinstance(block_height, int):
+        raise TypeError("blockHeight is not an integer")
+    args = json.loads(base64.b64decode(call["args"], validate=True))
+    data = args.get("data") if isinstance(args, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError("set args without data")
+    for signer, tree in data.items():
+        index = tree.get("index") if isinstance(tree, dict) else None
+        if not isinstance(index, dict) or "notify" not in index:
+            continue  # a set without notify
+        for n, entry in enumerate(notify_entries(index["notify"])):
+            row_id = f"{action['receiptId']}:{action['actionIndex']}:{n}"
+            try:
+                raw = row_from_notify(row_id, signer, block_height, entry.get("key"), entry.get("value"))
+            except (ValueError, AttributeError) as exc:
+                out.faults.append(Fault("bad_notify", str(exc)[:120]))
+                continue
+            _validated(raw, source, out)
+
+
+# --- api.near.social POST /index (action: notify), §7 ---------------------------------------
+
+
+def decode_social_index_page(payload: Any, *, source: str, receiver: str) -> Decoded:
+    """One ``/index`` answer for ``receiver``; ``max_block_height`` is the next cursor − 1."""
+    out = Decoded("data")
+    if not isinstance(payload, list):
+        out.faults.append(Fault("bad_page", "index answer is not a list"))
+        return out
+    for entry in payload:
+        if not isinstance(entry, dict) or not isinstance(entry.get("blockHeight"), int):
+            out.faults.append(Fault("bad_row", "index entry without an integer blockHeight"))
+            continue
+        value = entry.get("value")
+        initiator = entry.get("accountId") if isinstance(entry.get("accountId"), str) else None
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+        row_id = f"{entry['blockHeight']}:{initiator}:{receiver}:{digest}"
+        try:
+            raw = row_from_notify(row_id, initiator, entry["blockHeight"], receiver, value)
+        except ValueError as exc:
+            out.faults.append(Fault("bad_row", str(exc)))
+            continue
+        _validated(raw, source, out)
+    return out

@@ -1,0 +1,127 @@
+"""Pure decoders on every fixture shape, and on garbage (which never raises, never makes events)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.conftest import fixture_path
+from watchers.decode import (
+    decode_actions_frame,
+    decode_queryapi_frame,
+    decode_social_index_page,
+    notify_entries,
+)
+
+TABLE = "dataplatform_near_notifications_notifications_stream"
+
+
+def frames(name: str) -> list[str]:
+    return fixture_path(name).read_text().splitlines()
+
+
+def test_queryapi_fixture_frames() -> None:
+    decoded = [decode_queryapi_frame(f, source="queryapi", table=TABLE) for f in frames("queryapi-graphql-ws.jsonl")]
+    assert [d.kind for d in decoded] == ["ack", "ka", "data", "ka", "data", "data", "data", "error"]
+    events = [e for d in decoded for e in d.events]
+    assert [e.key for e in events] == [f"queryapi:{n}" for n in range(9001, 9010)]
+    assert all(not d.faults for d in decoded)
+    assert decoded[-1].errors == ["field not found in type"]
+    assert [d.max_block_height for d in decoded if d.events] == [130000002, 130000004, 130000007]
+    first = json.loads(frames("queryapi-graphql-ws.jsonl")[2])["payload"]["data"][TABLE][0]
+    assert events[0].row == first  # the row goes out unchanged
+
+
+def test_actions_fixture_frames() -> None:
+    decoded = [decode_actions_frame(f, source="actions") for f in frames("near-actions-ws.jsonl")]
+    assert [d.kind for d in decoded] == ["past", "live", "live"]
+    events = [e for d in decoded for e in d.events]
+    assert [(e.key, e.receiver, e.value_type) for e in events] == [
+        ("actions:R1:0:0", "bob.near", "like"),  # notify as one object
+        ("actions:R2:0:0", "bob.near", "mention"),  # notify as an array: one event per entry
+        ("actions:R2:0:1", "frank.near", "mention"),
+        ("actions:R3:0:0", "frank.near", "follow"),  # the {"": …} form
+    ]  # R4 (a set without notify) and R5 (FAILURE) are skipped
+    like = events[0].row
+    assert (like["initiatedBy"], like["blockHeight"], like["path"], like["actionAtBlockHeight"], like["itemType"]) == (
+        "alice.near",
+        130000001,
+        "bob.near/post/main",
+        129999000,
+        "social",
+    )
+    mention = events[1].row
+    assert mention["actionAtBlockHeight"] is None and mention["blockHeight"] == 130000002
+    assert all(not d.faults for d in decoded)
+
+
+def test_social_index_fixture_page() -> None:
+    page = json.loads(fixture_path("social-index-notify-bob.near.json").read_text())
+    decoded = decode_social_index_page(page, source="social", receiver="bob.near")
+    assert [e.value_type for e in decoded.events] == ["like", "mention", "devgovgigs/like", "custom"]
+    assert {e.receiver for e in decoded.events} == {"bob.near"}
+    assert decoded.events[2].row["devhubPostId"] == 512
+    assert decoded.events[3].row["message"] == "Your bounty was approved"
+    assert decoded.max_block_height == 130000006
+    again = decode_social_index_page(page, source="social", receiver="bob.near")
+    assert [e.key for e in again.events] == [e.key for e in decoded.events]  # stable ids
+
+
+def test_notify_forms() -> None:
+    one = json.dumps({"key": "bob.near", "value": {"type": "poke"}})
+    assert notify_entries(one) == [{"key": "bob.near", "value": {"type": "poke"}}]
+    assert len(notify_entries(json.dumps([json.loads(one)] * 2))) == 2
+    assert notify_entries({"": one}) == notify_entries(one)
+    with pytest.raises(ValueError):
+        notify_entries(42)
+
+
+GARBAGE = [
+    "",
+    "not json",
+    "[]",
+    "null",
+    "42",
+    '{"type": "data"}',
+    '{"type": "data", "payload": {"data": {}}}',
+    '{"type": "surprise"}',
+    '{"actions": "nope"}',
+    '{"actions": [1, null, {"status": "SUCCESS"}]}',
+    "\x00\xff",
+    json.dumps({"type": "data", "payload": {"data": {TABLE: [{"id": 1}]}}}),
+]
+
+
+@pytest.mark.parametrize("text", GARBAGE)
+def test_garbage_never_raises_and_never_makes_events(text: str) -> None:
+    for decoded in (decode_queryapi_frame(text, source="q", table=TABLE), decode_actions_frame(text, source="a")):
+        assert decoded.events == []
+    assert decode_social_index_page(text, source="s", receiver="bob.near").events == []
+
+
+def test_bad_action_is_counted_and_the_rest_of_the_frame_decodes() -> None:
+    good = json.loads(frames("near-actions-ws.jsonl")[0])
+    broken = dict(good["actions"][0], receiptId="RX")
+    broken["action"] = {"FunctionCall": {"method_name": "set", "args": "!!!not base64"}}
+    frame = dict(good, actions=[broken, *good["actions"]])
+    decoded = decode_actions_frame(json.dumps(frame), source="a")
+    assert [f.kind for f in decoded.faults] == ["bad_action"]
+    assert len(decoded.events) == 3
+
+
+def test_notify_for_an_invalid_receiver_is_a_fault_not_an_event() -> None:
+    args = {"data": {"alice.near": {"index": {"notify": json.dumps({"key": "x", "value": {"type": "like"}})}}}}
+    action = {
+        "status": "SUCCESS",
+        "accountId": "social.near",
+        "receiptId": "R9",
+        "actionIndex": 0,
+        "blockHeight": 5,
+        "action": {
+            "FunctionCall": {"method_name": "set", "args": base64.b64encode(json.dumps(args).encode()).decode()}
+        },
+    }
+    decoded = decode_actions_frame(json.dumps({"actions": [action]}), source="a")
+    assert decoded.events == [] and [f.kind for f in decoded.faults] == ["bad_row"]
