@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.config import Settings
 from gateway.endpoints import is_allowed
 from gateway.exceptions import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from gateway.matcher import policy_from
 from gateway.models import (
     CreateStreamRequest,
     DeleteStreamRequest,
@@ -37,11 +38,11 @@ class ApiContext:
     store: Store
     vapid_public_key: str
     on_ingest: Callable[[], None]
+    watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict
 
     @property
     def policy(self) -> MatchPolicy:
-        m = self.settings.matching
-        return MatchPolicy(frozenset(m.allowed_value_types), m.max_per_endpoint_per_day)
+        return policy_from(self.settings.matching)
 
 
 class ErrorBody(BaseModel):
@@ -115,12 +116,13 @@ async def vapid_public_key(request: Request) -> VapidKeyBody:
 
 @router.get("/healthz", tags=["gateway"])
 async def healthz(request: Request) -> JSONResponse:
-    """200 when the store answers, with stream and outbox counts; 503 otherwise."""
+    """200 when the store answers, with stream and outbox counts and each watcher's state; 503 otherwise."""
+    ctx = _ctx(request)
     try:
-        counts = await _ctx(request).store.counts()
+        counts = await ctx.store.counts()
     except Exception:  # any store failure is "unhealthy", never a 500
         return JSONResponse({"status": "unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok", **counts})
+    return JSONResponse({"status": "ok", **counts, "watchers": ctx.watcher_states()})
 
 
 EVENTS_SCHEMA = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -91,13 +92,14 @@ def create_app(
     store: Store,
     vapid_public_key: str,
     on_ingest: Callable[[], None] = lambda: None,
+    watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict,
 ) -> FastAPI:
     app = FastAPI(
         title="NEAR push gateway",
         version=__version__,
         description="Event-stream subscription gateway: NEAR activity to Web Push notifications.",
     )
-    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest)
+    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest, watcher_states)
     app.include_router(router)
 
     @app.exception_handler(ApiError)

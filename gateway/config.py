@@ -7,11 +7,12 @@ Environment variables name the path with double underscores: ``GATEWAY_SERVER__P
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.endpoints import DEFAULT_ALLOWED_ENDPOINTS, EndpointPrefix, parse_prefix
@@ -90,6 +91,145 @@ class MatchingSettings(_Section):
     max_per_endpoint_per_day: int = Field(15, ge=0)  # pushes per endpoint per UTC day; 0 = no cap
 
 
+QUERYAPI_FIELDS = [
+    "id",
+    "blockHeight",
+    "initiatedBy",
+    "itemType",
+    "message",
+    "path",
+    "receiver",
+    "valueType",
+    "devhubPostId",
+    "actionAtBlockHeight",
+]
+WATCHER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class _WatcherBase(_Section):
+    name: str  # unique; names the cursor, the logs and the metrics
+    url: str
+    enabled: bool = True
+    reconnect_initial_delay: float = Field(1.0, gt=0)  # first reconnect/retry delay (then doubled, jittered)
+    reconnect_max_delay: float = Field(60.0, gt=0)  # backoff cap
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not WATCHER_NAME.match(value):
+            raise ValueError("must match [a-z0-9][a-z0-9._-]{0,63}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(cls._schemes()):
+            raise ValueError(f"must start with {' or '.join(cls._schemes())}")
+        return value
+
+    @classmethod
+    def _schemes(cls) -> tuple[str, ...]:
+        return ("wss://", "ws://")
+
+
+class _SocketWatcher(_WatcherBase):
+    read_timeout: float = Field(60.0, gt=0)  # no frame for this long: the connection is dead, reconnect
+    ping_interval: float = Field(20.0, gt=0)  # WebSocket ping period (a pong must come within read_timeout)
+
+
+class QueryApiWatcherSettings(_SocketWatcher):
+    """The QueryAPI (Hasura) GraphQL subscription, subprotocol graphql-ws."""
+
+    kind: Literal["queryapi"]
+    role: str = "dataplatform_near"  # x-hasura-role
+    table: str = "dataplatform_near_notifications_notifications_stream"
+    fields: list[str] = Field(default_factory=lambda: list(QUERYAPI_FIELDS))
+    start_block_height: int = Field(0, ge=0)  # where to start when no cursor is stored yet
+    batch_size: int = Field(100, ge=1, le=1000)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_have_the_essentials(cls, value: list[str]) -> list[str]:
+        missing = {"id", "blockHeight", "receiver", "valueType"} - set(value)
+        if missing:
+            raise ValueError(f"must include {sorted(missing)}")
+        if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", f) for f in value):
+            raise ValueError("field names must be GraphQL identifiers")
+        return value
+
+
+class NearActionsWatcherSettings(_SocketWatcher):
+    """The actions WebSocket (wss://actions.near.stream/ws): SocialDB set calls with index.notify."""
+
+    kind: Literal["near-actions"]
+    contract: str = "social.near"  # the SocialDB contract whose set calls carry notifications
+    fetch_past_actions: int = Field(100, ge=0, le=1000)  # replayed on every (re)connect; duplicates are skipped
+    secret: str = "gateway"  # noqa: S105 (not a credential: the actions server echoes it back)
+
+
+class SocialIndexWatcherSettings(_WatcherBase):
+    """Polls api.near.social POST /index (action: notify) for every account that has a stream."""
+
+    kind: Literal["social-index"]
+    interval: float = Field(10.0, gt=0)  # seconds between polls of one account
+    concurrency: int = Field(4, ge=1)  # requests in flight
+    limit: int = Field(100, ge=1, le=1000)  # entries per request
+    request_timeout: float = Field(10.0, gt=0)
+
+    @classmethod
+    def _schemes(cls) -> tuple[str, ...]:
+        return ("https://", "http://")
+
+
+class FieldMapping(_Section):
+    """Where each event field is in a generic feed's row: dot paths; "" when the feed has none."""
+
+    id: str = "id"
+    receiver: str = "receiver"
+    initiator: str = "initiatedBy"
+    type: str = "valueType"
+    block_height: str = "blockHeight"
+    item_path: str = "path"
+
+
+class WebsocketJsonWatcherSettings(_SocketWatcher):
+    """Any WebSocket that sends JSON frames with rows in them."""
+
+    kind: Literal["websocket-json"]
+    # Sent after connecting (JSON). Any string "{cursor}" in it is replaced by the stored cursor (or start_cursor).
+    subscribe: dict[str, Any] | list[Any] | None = None
+    start_cursor: str = "0"
+    rows: str = ""  # dot path to the row list in a frame; "" = the frame is a row or a list of rows
+    mapping: FieldMapping = FieldMapping()
+
+
+class HttpPollJsonWatcherSettings(_WatcherBase):
+    """Any HTTP endpoint answering JSON pages of rows; "{cursor}" in url or body is the stored cursor."""
+
+    kind: Literal["http-poll-json"]
+    method: Literal["GET", "POST"] = "GET"
+    body: dict[str, Any] | None = None  # JSON body for POST
+    start_cursor: str = "0"
+    interval: float = Field(5.0, gt=0)  # seconds between polls
+    request_timeout: float = Field(10.0, gt=0)
+    rows: str = ""
+    mapping: FieldMapping = FieldMapping()
+
+    @classmethod
+    def _schemes(cls) -> tuple[str, ...]:
+        return ("https://", "http://")
+
+
+WatcherSettings = Annotated[
+    QueryApiWatcherSettings
+    | NearActionsWatcherSettings
+    | SocialIndexWatcherSettings
+    | WebsocketJsonWatcherSettings
+    | HttpPollJsonWatcherSettings,
+    Field(discriminator="kind"),
+]
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -104,6 +244,15 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     matching: MatchingSettings = MatchingSettings()
     logging: LoggingSettings = LoggingSettings()
+    watchers: list[WatcherSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _watcher_names_unique(self) -> Settings:
+        names = [w.name for w in self.watchers]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"watcher names must be unique: {duplicated}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -137,7 +286,10 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
 
+from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
 from gateway.endpoints import origin_of, redact
 from gateway.models import Claim
@@ -26,14 +27,6 @@ log = logging.getLogger(__name__)
 
 class Sender(Protocol):
     async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer: ...
-
-
-def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
-    """Exponential backoff with full jitter in [d/2, d]: d = initial, 2·initial, … ≤ maximum."""
-    delay = initial
-    while True:
-        yield rng.uniform(delay / 2, delay)
-        delay = min(delay * 2, maximum)
 
 
 def retry_delay(attempt: int, retry_after: float | None, settings: PushSettings, rng: random.Random) -> float:

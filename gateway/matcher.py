@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from gateway.config import MatchingSettings
 from gateway.models import Event, MatchPolicy, Stream
+
+
+def policy_from(matching: MatchingSettings) -> MatchPolicy:
+    return MatchPolicy(frozenset(matching.allowed_value_types), matching.max_per_endpoint_per_day)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from anyio.abc import TaskStatus
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.dispatcher import Dispatcher
+from gateway.ingest import StoreSink
+from gateway.matcher import policy_from
 from gateway.store import Store, open_store
 from gateway.webpush import (
     PushClient,
@@ -27,6 +29,7 @@ from gateway.webpush import (
     public_key_b64,
     read_key_file,
 )
+from watchers import build_watcher
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,15 @@ class Gateway:
                 concurrency_per_origin=push.concurrency_per_origin,
             ) as client:
                 dispatcher = Dispatcher(store, client, push)
-                app = create_app(settings, store, signer.public_key, on_ingest=dispatcher.wake)
+                sink = StoreSink(store, policy_from(settings.matching), dispatcher.wake)
+                watchers = [build_watcher(w, sink) for w in settings.watchers if w.enabled]
+                app = create_app(
+                    settings,
+                    store,
+                    signer.public_key,
+                    on_ingest=dispatcher.wake,
+                    watcher_states=lambda: {w.name: w.state.snapshot() for w in watchers},
+                )
                 sock = bind_socket(settings.server.host, settings.server.port)
                 port = sock.getsockname()[1]
                 config = uvicorn.Config(
@@ -116,6 +127,9 @@ class Gateway:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(dispatcher.run)
                     tg.start_soon(self._housekeeping, store)
+                    for watcher in watchers:
+                        tg.start_soon(watcher.run)
+                        log.info("watcher %s (%s) started", watcher.name, watcher.kind)
                     if threading.current_thread() is threading.main_thread():
                         tg.start_soon(self._stop_on_signal)
                     log.info("gateway listening on http://%s:%d", settings.server.host, port)

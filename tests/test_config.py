@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from gateway.config import Settings, load_settings
+from gateway.config import (
+    HttpPollJsonWatcherSettings,
+    NearActionsWatcherSettings,
+    QueryApiWatcherSettings,
+    Settings,
+    SocialIndexWatcherSettings,
+    WebsocketJsonWatcherSettings,
+    load_settings,
+)
 from gateway.exceptions import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,11 +82,40 @@ def test_every_setting_is_documented_in_config_example_with_its_default() -> Non
     example: dict[str, Any] = tomllib.loads((ROOT / "config.example.toml").read_text())
     defaults = Settings().model_dump()
     for dotted in _keys(Settings):
+        if dotted == "watchers":
+            continue
         section, key = dotted.split(".")
         assert key in example.get(section, {}), f"{dotted} missing from config.example.toml"
         assert example[section][key] == defaults[section][key], f"{dotted}: example differs from the default"
     # and the example holds nothing the code does not know
-    assert load_settings(ROOT / "config.example.toml") == Settings()
+    loaded = load_settings(ROOT / "config.example.toml")
+    assert loaded.model_copy(update={"watchers": []}) == Settings()
+
+
+WATCHER_KINDS = {
+    "queryapi": QueryApiWatcherSettings,
+    "near-actions": NearActionsWatcherSettings,
+    "social-index": SocialIndexWatcherSettings,
+    "websocket-json": WebsocketJsonWatcherSettings,
+    "http-poll-json": HttpPollJsonWatcherSettings,
+}
+
+
+def test_every_watcher_kind_is_documented_with_every_key_at_its_default() -> None:
+    example: dict[str, Any] = tomllib.loads((ROOT / "config.example.toml").read_text())
+    by_kind = {w["kind"]: w for w in example["watchers"]}
+    assert set(by_kind) == set(WATCHER_KINDS)
+    for kind, model in WATCHER_KINDS.items():
+        documented = by_kind[kind]
+        for key, field in model.model_fields.items():
+            assert key in documented, f"{kind}.{key} missing from config.example.toml"
+            if key in ("name", "kind", "url", "enabled", "subscribe", "body"):
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            assert documented[key] == default, f"{kind}.{key}: example differs from the default"
+    assert not any(w.enabled for w in load_settings(ROOT / "config.example.toml").watchers)
 
 
 def test_every_route_and_command_is_in_the_readme() -> None:

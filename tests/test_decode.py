@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import fixture_path
 from watchers.decode import (
     decode_actions_frame,
+    decode_json_rows,
     decode_queryapi_frame,
     decode_social_index_page,
     notify_entries,
@@ -26,7 +27,8 @@ def test_queryapi_fixture_frames() -> None:
     decoded = [decode_queryapi_frame(f, source="queryapi", table=TABLE) for f in frames("queryapi-graphql-ws.jsonl")]
     assert [d.kind for d in decoded] == ["ack", "ka", "data", "ka", "data", "data", "data", "error"]
     events = [e for d in decoded for e in d.events]
-    assert [e.key for e in events] == [f"queryapi:{n}" for n in range(9001, 9010)]
+    assert [e.row["id"] for e in events] == list(range(9001, 9010))
+    assert len({e.key for e in events}) == 9 and all(e.key.startswith("near:") for e in events)
     assert all(not d.faults for d in decoded)
     assert decoded[-1].errors == ["field not found in type"]
     assert [d.max_block_height for d in decoded if d.events] == [130000002, 130000004, 130000007]
@@ -38,12 +40,13 @@ def test_actions_fixture_frames() -> None:
     decoded = [decode_actions_frame(f, source="actions") for f in frames("near-actions-ws.jsonl")]
     assert [d.kind for d in decoded] == ["past", "live", "live"]
     events = [e for d in decoded for e in d.events]
-    assert [(e.key, e.receiver, e.value_type) for e in events] == [
-        ("actions:R1:0:0", "bob.near", "like"),  # notify as one object
-        ("actions:R2:0:0", "bob.near", "mention"),  # notify as an array: one event per entry
-        ("actions:R2:0:1", "frank.near", "mention"),
-        ("actions:R3:0:0", "frank.near", "follow"),  # the {"": …} form
+    assert [(e.row["id"], e.receiver, e.value_type) for e in events] == [
+        ("R1:0:0", "bob.near", "like"),  # notify as one object
+        ("R2:0:0", "bob.near", "mention"),  # notify as an array: one event per entry
+        ("R2:0:1", "frank.near", "mention"),
+        ("R3:0:0", "frank.near", "follow"),  # the {"": …} form
     ]  # R4 (a set without notify) and R5 (FAILURE) are skipped
+    assert decoded[0].max_block_time is not None
     like = events[0].row
     assert (like["initiatedBy"], like["blockHeight"], like["path"], like["actionAtBlockHeight"], like["itemType"]) == (
         "alice.near",
@@ -125,3 +128,42 @@ def test_notify_for_an_invalid_receiver_is_a_fault_not_an_event() -> None:
     }
     decoded = decode_actions_frame(json.dumps({"actions": [action]}), source="a")
     assert decoded.events == [] and [f.kind for f in decoded.faults] == ["bad_row"]
+
+
+def test_one_notification_has_one_key_whatever_source_carried_it() -> None:
+    query = [
+        e for f in frames("queryapi-graphql-ws.jsonl") for e in decode_queryapi_frame(f, source="q", table=TABLE).events
+    ]
+    actions = [e for f in frames("near-actions-ws.jsonl") for e in decode_actions_frame(f, source="a").events]
+    page = json.loads(fixture_path("social-index-notify-bob.near.json").read_text())
+    social = decode_social_index_page(page, source="s", receiver="bob.near").events
+    like = {e.key for e in (query[0], actions[0], social[0])}
+    mention = {e.key for e in (query[2], actions[1], social[1])}
+    assert len(like) == 1 and len(mention) == 1 and like != mention
+    assert query[0].value_type == actions[0].value_type == social[0].value_type == "like"
+
+
+def test_generic_rows_follow_the_mapping() -> None:
+    page = {
+        "result": {
+            "items": [
+                {"hash": "0xa", "to": "bob.eth", "from": "alice.eth", "kind": "transfer", "block": 17, "extra": 1},
+                {"hash": "0xb", "to": "b", "kind": "transfer", "block": 18},  # receiver too short: a fault
+                "junk",
+            ]
+        }
+    }
+    mapping = {
+        "id": "hash",
+        "receiver": "to",
+        "initiator": "from",
+        "type": "kind",
+        "block_height": "block",
+        "item_path": "",
+    }
+    decoded = decode_json_rows(page, source="eth", rows="result.items", mapping=mapping)
+    [event] = decoded.events
+    assert (event.key, event.receiver, event.value_type, event.block_height) == ("eth:0xa", "bob.eth", "transfer", 17)
+    assert event.row["initiatedBy"] == "alice.eth" and event.row["extra"] == 1
+    assert sorted(f.kind for f in decoded.faults) == ["bad_row", "bad_row"]
+    assert decode_json_rows({"x": 1}, source="eth", rows="result.items", mapping=mapping).faults[0].kind == "no_rows"

@@ -35,6 +35,7 @@ class Decoded:
     faults: list[Fault] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # error messages the server sent
     max_block_height: int | None = None
+    max_block_time: float | None = None  # epoch seconds of that block, when the source says
 
     def add(self, event: Event) -> None:
         self.events.append(event)
@@ -42,11 +43,38 @@ class Decoded:
             self.max_block_height = max(self.max_block_height or 0, event.block_height)
 
 
-def event_from_row(row: NotificationRow, source: str) -> Event:
-    """An Event from a row in the QueryAPI notification shape (near-protocols.md §3)."""
+def near_event_key(row: Mapping[str, Any]) -> str:
+    """The identity of a NEAR notification whatever source carried it.
+
+    The QueryAPI row id, the actions stream's (receiptId, actionIndex, entry) and api.near.social's
+    entries all describe the same SocialDB write; keying on its content lets an operator run two
+    sources for redundancy, or switch sources, without pushing anything twice.
+    """
+    parts = [
+        row.get(k)
+        for k in (
+            "blockHeight",
+            "initiatedBy",
+            "receiver",
+            "valueType",
+            "path",
+            "actionAtBlockHeight",
+            "devhubPostId",
+            "message",
+        )
+    ]
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:24]
+    return f"near:{row.get('blockHeight')}:{digest}"
+
+
+def event_from_row(row: NotificationRow, source: str, *, near_key: bool = False) -> Event:
+    """An Event from a row in the QueryAPI notification shape (near-protocols.md §3).
+
+    ``near_key`` keys it by content (``near_event_key``) instead of ``source:id``.
+    """
     data: dict[str, Any] = row.model_dump(mode="json")
     return Event(
-        key=f"{source}:{row.id}",
+        key=near_event_key(data) if near_key else f"{source}:{row.id}",
         source=source,
         receiver=row.receiver,
         value_type=row.valueType,
@@ -60,9 +88,9 @@ def events_from_rows(rows: list[Mapping[str, Any]], source: str) -> list[Event]:
     return [event_from_row(NotificationRow.model_validate(r), source) for r in rows]
 
 
-def _validated(raw: Any, source: str, out: Decoded) -> None:
+def _validated(raw: Any, source: str, out: Decoded, *, near_key: bool = True) -> None:
     try:
-        out.add(event_from_row(NotificationRow.model_validate(raw), source))
+        out.add(event_from_row(NotificationRow.model_validate(raw), source, near_key=near_key))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "row"
@@ -173,8 +201,12 @@ def decode_actions_frame(text: str | bytes, *, source: str, contract: str = SOCI
     for action in frame["actions"]:
         try:
             _decode_action(action, source, contract, out)
-        except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
             out.faults.append(Fault("bad_action", f"{type(exc).__name__}: {str(exc)[:120]}"))
+            continue
+        stamp = action.get("blockTimestampMs")
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            out.max_block_time = max(out.max_block_time or 0.0, float(stamp) / 1000)
     return out
 
 
@@ -230,4 +262,45 @@ def decode_social_index_page(payload: Any, *, source: str, receiver: str) -> Dec
             out.faults.append(Fault("bad_row", str(exc)))
             continue
         _validated(raw, source, out)
+    return out
+
+
+# --- generic JSON feeds (websocket-json, http-poll-json) ---------------------------------
+
+
+def dig(value: Any, path: str) -> Any:
+    """``value`` at a dot path ("data.items", "result.0.rows"); "" is the value itself; None if absent."""
+    if not path:
+        return value
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def decode_json_rows(payload: Any, *, source: str, rows: str, mapping: Mapping[str, str]) -> Decoded:
+    """Rows of a generic feed: ``rows`` is the dot path to them, ``mapping`` says where each event
+    field is in a row (keys id, receiver, initiator, type, block_height, item_path)."""
+    out = Decoded("data")
+    found = dig(payload, rows)
+    if found is None:
+        out.faults.append(Fault("no_rows", f"no rows at {rows or 'the top level'!r}"))
+        return out
+    for item in found if isinstance(found, list) else [found]:
+        if not isinstance(item, dict):
+            out.faults.append(Fault("bad_row", "row is not an object"))
+            continue
+        mapped = {
+            "id": dig(item, mapping["id"]),
+            "receiver": dig(item, mapping["receiver"]),
+            "initiatedBy": dig(item, mapping["initiator"]) if mapping["initiator"] else None,
+            "valueType": dig(item, mapping["type"]),
+            "blockHeight": dig(item, mapping["block_height"]) if mapping["block_height"] else None,
+            "path": dig(item, mapping["item_path"]) if mapping["item_path"] else None,
+        }
+        _validated({**item, **mapped}, source, out, near_key=False)
     return out

@@ -64,6 +64,9 @@ class Store(Protocol):
     async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
         """Delete the endpoint's streams (only ``account_id``'s when given); returns how many."""
 
+    async def accounts(self) -> list[str]:
+        """Every account that has at least one stream."""
+
     async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
         """Mute or unmute a type for a stream; False when no such stream exists."""
 

@@ -197,6 +197,10 @@ class SqliteStore:
         ehash = endpoint_hash(endpoint)
         return await self._tx(lambda c: _delete_streams(c, ehash, account_id, self._clock()))
 
+    async def accounts(self) -> list[str]:
+        rows = await self._run(lambda c: c.execute("SELECT DISTINCT account_id FROM streams ORDER BY 1").fetchall())
+        return [str(r[0]) for r in rows]
+
     async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
         ehash = endpoint_hash(endpoint)
 

@@ -1,0 +1,170 @@
+"""What every watcher shares: the sink it feeds, its reported state, fault counting, and the
+supervisor that reconnects with capped, jittered exponential backoff.
+
+Watchers never touch the store: the service hands them an ``EventSink`` that stores events and
+advances the cursor in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from gateway.backoff import backoff_delays
+from gateway.models import Event
+from watchers.decode import Decoded, Fault
+
+log = logging.getLogger("watchers")
+
+STABLE_CONNECTION = 30.0  # seconds a connection must live before the backoff starts over
+
+
+class EventSink(Protocol):
+    async def cursor(self, key: str) -> str | None:
+        """The stored cursor for ``key`` (a watcher name, or name@account)."""
+
+    async def deliver(self, events: list[Event], cursor_key: str, cursor: str | None) -> int:
+        """Store events and their deliveries and move the cursor, atomically; returns deliveries."""
+
+    async def accounts(self) -> list[str]:
+        """Accounts that have at least one stream (social-index polls each)."""
+
+
+class WatcherError(Exception):
+    """A watcher's session ended for a reason worth a reconnect (server error, timeout, bad state)."""
+
+
+@dataclass
+class WatcherState:
+    """What health checks and metrics show about one watcher."""
+
+    name: str
+    kind: str
+    connected: bool = False
+    cursor: str | None = None
+    last_event_at: float | None = None  # wall time the newest event was received
+    last_frame_at: float | None = None  # wall time anything was last received
+    last_block_height: int | None = None
+    last_block_time: float | None = None  # chain time of that block, when the source tells it
+    events: int = 0
+    deliveries: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+    last_error: str | None = None
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        lag = None if self.last_block_time is None else max(0.0, now - self.last_block_time)
+        silent = None if self.last_frame_at is None else max(0.0, now - self.last_frame_at)
+        return {
+            "kind": self.kind,
+            "connected": self.connected,
+            "cursor": self.cursor,
+            "last_event_at": self.last_event_at,
+            "last_block_height": self.last_block_height,
+            "lag_seconds": lag,
+            "seconds_since_last_frame": silent,
+            "events": self.events,
+            "deliveries": self.deliveries,
+            "faults": dict(self.faults),
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+
+class Watcher:
+    """Base of every source kind: state, fault accounting and delivery to the sink."""
+
+    kind = "watcher"
+
+    def __init__(self, name: str, sink: EventSink) -> None:
+        self.name = name
+        self.sink = sink
+        self.state = WatcherState(name, self.kind)
+        self._logged_faults: set[str] = set()
+        self._progress = False
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def fault(self, fault: Fault) -> None:
+        """Count a fault; log the first of each kind only, so a flood of garbage stays one line."""
+        self.state.faults[fault.kind] = self.state.faults.get(fault.kind, 0) + 1
+        if fault.kind not in self._logged_faults:
+            self._logged_faults.add(fault.kind)
+            log.warning(
+                "watcher %s skipped input (%s): %s; further %s faults are only counted",
+                self.name,
+                fault.kind,
+                fault.detail,
+                fault.kind,
+            )
+
+    def server_error(self, messages: list[str]) -> None:
+        self.state.faults["server_error"] = self.state.faults.get("server_error", 0) + 1
+        self.state.last_error = "; ".join(messages)[:500]
+        log.error("watcher %s: the server sent an error: %s", self.name, self.state.last_error)
+
+    async def accept(self, decoded: Decoded, cursor_key: str | None = None, cursor: str | None = None) -> None:
+        """Account for one decoded frame/page and hand its events to the sink with the new cursor."""
+        now = time.time()
+        self.state.last_frame_at = now
+        for fault in decoded.faults:
+            self.fault(fault)
+        if decoded.errors:
+            self.server_error(decoded.errors)
+        if not decoded.events and cursor is None:
+            return
+        self.state.deliveries += await self.sink.deliver(decoded.events, cursor_key or self.name, cursor)
+        if decoded.events:
+            self._progress = True
+            self.state.events += len(decoded.events)
+            self.state.last_event_at = now
+        if decoded.max_block_height is not None:
+            self.state.last_block_height = max(self.state.last_block_height or 0, decoded.max_block_height)
+        if decoded.max_block_time is not None:
+            self.state.last_block_time = decoded.max_block_time
+        if cursor is not None and (cursor_key is None or cursor_key == self.name):
+            self.state.cursor = cursor
+
+    async def supervise(
+        self,
+        session: Callable[[], Awaitable[None]],
+        initial_delay: float,
+        max_delay: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Run ``session`` forever: after it ends or fails, wait a backoff delay and run it again.
+
+        A session that lived STABLE_CONNECTION seconds or delivered events starts the backoff over.
+        """
+        rng = rng or random.Random()
+        delays = backoff_delays(initial_delay, max_delay, rng)
+        while True:
+            started = time.monotonic()
+            self._progress = False
+            try:
+                await session()
+                reason = "closed by the server"
+            except WatcherError as exc:
+                reason = str(exc)
+            except (OSError, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a library's own error types (protocol errors, closed sockets)
+                reason = f"{type(exc).__name__}: {exc}"
+                if type(exc).__module__.startswith(("watchers", "gateway")):
+                    log.exception("watcher %s failed", self.name)
+            self.state.connected = False
+            self.state.last_error = reason[:500]
+            if self._progress or time.monotonic() - started >= STABLE_CONNECTION:
+                delays = backoff_delays(initial_delay, max_delay, rng)
+            delay = next(delays)
+            self.state.reconnects += 1
+            log.warning("watcher %s disconnected (%s); reconnecting in %.1f s", self.name, reason, delay)
+            await anyio.sleep(delay)
