@@ -64,6 +64,8 @@ class RunningGateway:
             return conn.execute(sql, args).fetchall()
 
     def stop(self) -> None:
+        if self.http.is_closed:
+            return
         self.http.close()
         self._portal.call(self.gateway.stop)
         self._future.result(timeout=15)
@@ -71,7 +73,7 @@ class RunningGateway:
 
 @pytest.fixture
 def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., Settings]:
-    def make(**sections: dict[str, Any]) -> Settings:
+    def make(config_file: Path | None = None, **sections: Any) -> Settings:
         base: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": 0},
             "storage": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
@@ -86,8 +88,11 @@ def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., S
             "ingest": {"token": INGEST_TOKEN},
         }
         for name, values in sections.items():
-            base.setdefault(name, {}).update(values)
-        return load_settings(None, base)
+            if isinstance(values, dict):
+                base.setdefault(name, {}).update(values)
+            else:
+                base[name] = values
+        return load_settings(config_file, base)
 
     return make
 
@@ -97,8 +102,8 @@ def start_gateway(make_settings: Callable[..., Settings]) -> Iterator[Callable[.
     started: list[RunningGateway] = []
     with anyio.from_thread.start_blocking_portal() as portal:
 
-        def start(**sections: dict[str, Any]) -> RunningGateway:
-            gw = RunningGateway(make_settings(**sections), portal)
+        def start(config_file: Path | None = None, **sections: Any) -> RunningGateway:
+            gw = RunningGateway(make_settings(config_file, **sections), portal)
             started.append(gw)
             return gw
 

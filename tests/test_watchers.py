@@ -1,0 +1,363 @@
+"""Watchers end to end: fake sources speaking the real protocols -> gateway -> fake push service."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import fixture_path
+from tests.fakepush import FakePushService, Subscription
+from tests.fakesources import (
+    TABLE,
+    ActionsServer,
+    GraphQLWsServer,
+    JsonHttpFeed,
+    JsonWsFeed,
+    SocialIndexServer,
+    wait_until,
+)
+from tests.test_e2e import subscribe
+
+FAST = {"reconnect_initial_delay": 0.1, "reconnect_max_delay": 0.5}
+
+
+def fixture_rows() -> list[dict[str, Any]]:
+    rows = []
+    for line in fixture_path("queryapi-graphql-ws.jsonl").read_text().splitlines():
+        frame = json.loads(line)
+        data = (frame.get("payload") or {}).get("data") or {}
+        rows += data.get(TABLE, [])
+    return rows
+
+
+def pushed_ids(fake: FakePushService, sub: Subscription) -> list[Any]:
+    return [r.payload["id"] for r in fake.for_sub(sub) if r.payload]
+
+
+@pytest.fixture
+def graphql() -> Iterator[GraphQLWsServer]:
+    server = GraphQLWsServer(fixture_rows())
+    server.gate.close()  # opened by each test once its streams exist
+    yield server
+    server.close()
+
+
+def queryapi(url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "queryapi",
+        "kind": "queryapi",
+        "url": url,
+        "start_block_height": 130000000,
+        "batch_size": 2,
+        "read_timeout": 5.0,
+        **FAST,
+        **extra,
+    }
+
+
+def test_queryapi_stream_delivers_end_to_end(
+    start_gateway: Any, fake_push: FakePushService, graphql: GraphQLWsServer
+) -> None:
+    gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    frank = subscribe(gw, fake_push, "frank.near")
+    graphql.gate.open()
+    fake_push.wait_count(bob, 6)
+    fake_push.wait_count(frank, 3)
+    assert sorted(pushed_ids(fake_push, bob)) == [9001, 9002, 9003, 9006, 9008, 9009]
+    assert sorted(pushed_ids(fake_push, frank)) == [9004, 9005, 9007]
+    session = graphql.sessions[0]
+    assert session["subprotocol"] == "graphql-ws"
+    assert session["init"]["payload"]["headers"] == {"x-hasura-role": "dataplatform_near"}
+    assert session["from"] == 130000000 and TABLE in session["start"]["payload"]["query"]
+    assert fake_push.errors == []
+    state = gw.http.get("/healthz").json()["watchers"]["queryapi"]
+    assert state["connected"] and state["cursor"] == "130000007" and state["events"] == 9
+    assert state["last_event_at"] is not None and state["last_block_height"] == 130000007
+
+
+def test_queryapi_drop_mid_stream_resumes_from_cursor_without_gap_or_duplicate(
+    start_gateway: Any, fake_push: FakePushService, graphql: GraphQLWsServer
+) -> None:
+    graphql.drop_after_frames = [2, 1]  # first connection dies after 2 frames, the second after 1
+    gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    frank = subscribe(gw, fake_push, "frank.near")
+    graphql.gate.open()
+    fake_push.wait_count(bob, 6)
+    fake_push.wait_count(frank, 3)
+    assert len(graphql.sessions) >= 3
+    froms = [s["from"] for s in graphql.sessions]
+    assert froms[0] == 130000000 and froms[1] > 130000000  # resumed from the cursor, not the start
+    assert froms == sorted(froms)
+    # the server re-sent rows at the cursor height; none was pushed twice
+    assert any(n > 1 for n in Counter(graphql.sent_ids).values())
+    assert sorted(pushed_ids(fake_push, bob)) == [9001, 9002, 9003, 9006, 9008, 9009]
+    assert sorted(pushed_ids(fake_push, frank)) == [9004, 9005, 9007]
+    assert gw.http.get("/healthz").json()["watchers"]["queryapi"]["reconnects"] >= 2
+
+
+def test_queryapi_survives_garbage_and_error_frames(
+    start_gateway: Any, fake_push: FakePushService, graphql: GraphQLWsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    graphql.garbage = [
+        "not json at all",
+        json.dumps({"type": "data", "id": "notifications", "payload": {"data": {TABLE: [{"id": 1}]}}}),
+        json.dumps({"type": "data", "id": "notifications", "payload": {"data": {TABLE: [{"id": 2}]}}}),
+        json.dumps({"type": "mystery"}),
+        "[1, 2, 3]",
+    ]
+    graphql.error_after_frames = 3
+    gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    graphql.gate.open()
+    fake_push.wait_count(bob, 6, timeout=15)
+    faults = gw.http.get("/healthz").json()["watchers"]["queryapi"]["faults"]
+    assert faults["malformed_json"] == 1 and faults["bad_row"] == 2 and faults["unknown_frame"] == 1
+    assert faults["bad_frame"] == 1 and faults["server_error"] == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "watchers"]
+    assert sum("bad_row" in m for m in messages) == 1  # logged once per kind, then only counted
+    assert any("field not found in type" in m for m in messages)  # the server's error, with its message
+    assert sorted(pushed_ids(fake_push, bob)) == [9001, 9002, 9003, 9006, 9008, 9009]
+
+
+def test_queryapi_restart_resumes_from_the_stored_cursor(
+    start_gateway: Any, fake_push: FakePushService, graphql: GraphQLWsServer
+) -> None:
+    gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    graphql.gate.open()
+    fake_push.wait_count(bob, 6)
+    gw.stop()
+    graphql.add_rows([{**fixture_rows()[0], "id": 9100, "blockHeight": 130000010, "actionAtBlockHeight": 1}])
+    again = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+    fake_push.wait_count(bob, 7)
+    assert graphql.sessions[-1]["from"] == 130000007
+    assert sorted(pushed_ids(fake_push, bob)) == [9001, 9002, 9003, 9006, 9008, 9009, 9100]
+    assert again.http.get("/healthz").json()["watchers"]["queryapi"]["cursor"] == "130000010"
+
+
+def actions_fixture() -> list[list[dict[str, Any]]]:
+    return [json.loads(line)["actions"] for line in fixture_path("near-actions-ws.jsonl").read_text().splitlines()]
+
+
+def set_call(receipt: str, signer: str, block: int, notify: Any) -> dict[str, Any]:
+    args = {"data": {signer: {"index": {"notify": json.dumps(notify)}}}}
+    return {
+        "blockHeight": block,
+        "blockHash": "h",
+        "blockTimestampMs": 1714000000000.1,
+        "shardId": 0,
+        "txHash": "t",
+        "receiptId": receipt,
+        "signerId": signer,
+        "signerPublicKey": "ed25519:x",
+        "accountId": "social.near",
+        "predecessorId": signer,
+        "status": "SUCCESS",
+        "actionIndex": 0,
+        "action": {
+            "FunctionCall": {
+                "method_name": "set",
+                "args": base64.b64encode(json.dumps(args).encode()).decode(),
+                "gas": 1,
+                "deposit": "0",
+            }
+        },
+    }
+
+
+def other_contract_call(block: int) -> dict[str, Any]:
+    call = set_call("RZ", "zed.near", block, {"key": "bob.near", "value": {"type": "poke"}})
+    return {**call, "accountId": "not-social.near"}
+
+
+def actions_watcher(url: str) -> dict[str, Any]:
+    return {
+        "name": "actions",
+        "kind": "near-actions",
+        "url": url,
+        "fetch_past_actions": 50,
+        "read_timeout": 5.0,
+        **FAST,
+    }
+
+
+def test_actions_stream_filters_decodes_and_delivers(start_gateway: Any, fake_push: FakePushService) -> None:
+    past, *live = actions_fixture()
+    server = ActionsServer(past + [other_contract_call(130000001)])
+    server.gate.close()
+    try:
+        gw = start_gateway(watchers=[actions_watcher(server.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        frank = subscribe(gw, fake_push, "frank.near")
+        server.gate.open()
+        fake_push.wait_count(bob, 2)  # like (one object), mention (array entry 0)
+        fake_push.wait_count(frank, 1)  # mention (array entry 1)
+        for block in live:
+            server.push_block(block)
+        fake_push.wait_count(frank, 2)  # follow, in the {"": …} form
+        sub = server.subscriptions[0]
+        assert sub["fetch_past_actions"] == 50
+        assert sub["filter"] == [
+            {"accountId": "social.near", "status": "SUCCESS", "action": {"FunctionCall": {"method_name": "set"}}}
+        ]
+        assert sorted(pushed_ids(fake_push, bob)) == ["R1:0:0", "R2:0:0"]
+        assert sorted(pushed_ids(fake_push, frank)) == ["R2:0:1", "R3:0:0"]
+        state = gw.http.get("/healthz").json()["watchers"]["actions"]
+        assert state["connected"] and state["lag_seconds"] is not None and state["cursor"] == "130000003"
+    finally:
+        server.close()
+
+
+def test_actions_reconnect_replays_past_rows_without_duplicates(start_gateway: Any, fake_push: FakePushService) -> None:
+    past, *_ = actions_fixture()
+    server = ActionsServer(past)
+    server.drop_after_live_frames = [1]
+    server.gate.close()
+    try:
+        gw = start_gateway(watchers=[actions_watcher(server.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        server.gate.open()
+        fake_push.wait_count(bob, 2)
+        server.push_block([set_call("R10", "carol.near", 130000010, {"key": "bob.near", "value": {"type": "poke"}})])
+        assert wait_until(lambda: len(server.subscriptions) == 2)  # dropped after that frame; reconnected
+        server.push_block(
+            [set_call("R11", "carol.near", 130000011, [{"key": "bob.near", "value": {"type": "follow"}}])]
+        )
+        fake_push.wait_count(bob, 4)
+        assert wait_until(lambda: len(fake_push.for_sub(bob)) == 4, 1.0)
+        assert sorted(pushed_ids(fake_push, bob)) == sorted(["R1:0:0", "R2:0:0", "R10:0:0", "R11:0:0"])
+    finally:
+        server.close()
+
+
+def social_watcher(url: str) -> dict[str, Any]:
+    return {"name": "social", "kind": "social-index", "url": url, "interval": 0.2, "limit": 2, **FAST}
+
+
+def test_social_index_polls_each_account_from_its_cursor(start_gateway: Any, fake_push: FakePushService) -> None:
+    index = SocialIndexServer()
+    page = json.loads(fixture_path("social-index-notify-bob.near.json").read_text())
+    for entry in page:
+        index.add("bob.near", entry["accountId"], entry["blockHeight"], entry["value"])
+    try:
+        gw = start_gateway(watchers=[social_watcher(index.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        # the first poll of a new account only finds where its history ends: no flood of old notifications
+        assert wait_until(lambda: len(index.requests_for("bob.near")) >= 3)
+        assert index.requests_for("bob.near")[0]["options"] == {"limit": 1, "order": "desc"}
+        assert fake_push.for_sub(bob, status=None) == []
+        index.add("bob.near", "zoe.near", 130000010, {"type": "poke"})
+        index.add("bob.near", "yan.near", 130000011, {"type": "follow"})
+        index.add(
+            "bob.near",
+            "xia.near",
+            130000012,
+            {"type": "like", "item": {"type": "social", "path": "bob.near/post/main", "blockHeight": 130000000}},
+        )
+        pushes = fake_push.wait_count(bob, 3)
+        assert [p.payload["initiatedBy"] for p in pushes if p.payload] == ["zoe.near", "yan.near", "xia.near"]
+        froms = [r["options"].get("from") for r in index.requests_for("bob.near")[1:]]
+        assert froms[0] == 130000007 and 130000012 in froms  # from = last + 1, per account
+        # a new subscriber is picked up without a restart; a failing poll is retried
+        index.failures = [(500, b"Internal error"), (400, b"bad key")]
+        carol = subscribe(gw, fake_push, "carol.near")
+        assert wait_until(lambda: len(index.requests_for("carol.near")) >= 2, 10)
+        index.add("carol.near", "bob.near", 130000020, {"type": "poke"})
+        fake_push.wait_count(carol, 1)
+        assert gw.http.get("/healthz").json()["watchers"]["social"]["faults"]["poll_failed"] >= 1
+        assert len(fake_push.for_sub(bob)) == 3
+    finally:
+        index.close()
+
+
+GENERIC_ROWS = [
+    {"tx": "0xa1", "to": {"account": "bob.near"}, "from": "eve.near", "kind": "transfer", "block": {"number": 50}},
+    {"tx": "0xa2", "to": {"account": "bob.near"}, "from": "eve.near", "kind": "swap", "block": {"number": 51}},
+    {"tx": "0xa3", "to": {"account": "x"}, "kind": "swap", "block": {"number": 52}},  # bad receiver: skipped
+]
+
+
+def test_generic_websocket_feed_configured_only_in_toml(
+    tmp_path: Path, start_gateway: Any, fake_push: FakePushService
+) -> None:
+    feed = JsonWsFeed(GENERIC_ROWS)
+    feed.gate.close()
+    config = tmp_path / "feed.toml"
+    config.write_text(f"""
+[[watchers]]
+name = "chain-feed"
+kind = "websocket-json"
+url = "{feed.url}"
+start_cursor = "49"
+rows = "result.items"
+reconnect_initial_delay = 0.1
+[watchers.subscribe]
+method = "subscribe"
+params = {{ from = "{{next}}", channel = "notifications" }}
+[watchers.mapping]
+id = "tx"
+receiver = "to.account"
+initiator = "from"
+type = "kind"
+block_height = "block.number"
+item_path = ""
+""")
+    try:
+        gw = start_gateway(config_file=config, matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        feed.gate.open()
+        pushes = fake_push.wait_count(bob, 2)
+        assert [p.payload["tx"] for p in pushes if p.payload] == ["0xa1", "0xa2"]
+        assert pushes[0].payload and pushes[0].payload["body"] == "eve.near sent you a transfer notification"
+        assert feed.subscribes[0] == {"method": "subscribe", "params": {"from": 50, "channel": "notifications"}}
+        faults = gw.http.get("/healthz").json()["watchers"]["chain-feed"]["faults"]
+        assert faults == {"malformed_json": 1, "bad_row": 1}
+    finally:
+        feed.close()
+
+
+def test_generic_http_feed_configured_only_in_toml(
+    tmp_path: Path, start_gateway: Any, fake_push: FakePushService
+) -> None:
+    rows = [{"uid": f"n{h}", "user": "bob.near", "event": "mention", "height": h} for h in range(1, 6)]
+    feed = JsonHttpFeed(rows)
+    feed.gate.close()
+    config = tmp_path / "feed.toml"
+    config.write_text(f"""
+[[watchers]]
+name = "poll-feed"
+kind = "http-poll-json"
+url = "{feed.url}/rows?after={{cursor}}"
+interval = 0.2
+rows = "data.rows"
+[watchers.mapping]
+id = "uid"
+receiver = "user"
+initiator = ""
+type = "event"
+block_height = "height"
+item_path = ""
+""")
+    try:
+        gw = start_gateway(config_file=config, matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        feed.gate.open()
+        pushes = fake_push.wait_count(bob, 5)
+        assert [p.payload["uid"] for p in pushes if p.payload] == ["n1", "n2", "n3", "n4", "n5"]
+        assert list(dict.fromkeys(feed.paths))[:4] == [
+            "/rows?after=0",
+            "/rows?after=2",
+            "/rows?after=4",
+            "/rows?after=5",
+        ]
+        assert gw.http.get("/healthz").json()["watchers"]["poll-feed"]["cursor"] == "5"
+    finally:
+        feed.close()
