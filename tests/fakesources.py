@@ -7,6 +7,7 @@ sent, and can misbehave on request: drop the connection mid-stream, send garbage
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -30,10 +31,8 @@ class _LoopServer:
         self._server: Server | None = None
 
         async def quiet(ws: ServerConnection) -> None:
-            try:
+            with contextlib.suppress(ConnectionClosed):
                 await handler(ws)
-            except ConnectionClosed:
-                pass
 
         self._handler = quiet
         self._subprotocols = subprotocols
