@@ -179,3 +179,70 @@ def _query(db: Path, sql: str) -> list[Any]:
 
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_watcher_streams_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
+) -> None:
+    from tests.fakesources import GraphQLWsServer
+
+    rows = [row(n, f"acc{n % 4}.near", blockHeight=130000000 + n // 3) for n in range(1, 241)]
+    source = GraphQLWsServer(rows)
+    source.gate.close()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[storage]
+url = "sqlite:///{tmp_path / "gw.db"}"
+[vapid]
+private_key_file = "{tmp_path / "vapid.pem"}"
+subject = "mailto:ops@gateway.test"
+[push]
+allowed_endpoints = ["{fake_push.url}/"]
+concurrency = 8
+claim_lease = 2.0
+poll_interval = 0.2
+[matching]
+max_per_endpoint_per_day = 0
+[[watchers]]
+name = "queryapi"
+kind = "queryapi"
+url = "{source.url}"
+start_block_height = 130000000
+batch_size = 4
+reconnect_initial_delay = 0.2
+"""
+    )
+    subs = [fake_push.subscribe() for _ in range(4)]
+    for sub in subs:
+        fake_push.always(sub, Reply(201, delay=0.02))
+    try:
+        gw = GatewayProcess(tmp_path, ["--config", str(config)])
+        procs.append(gw)
+        for i, sub in enumerate(subs):
+            body = {"accountId": f"acc{i}.near", "gateway": "https://near.org", "subscription": sub.as_json()}
+            assert gw.http.post("/subscriptions/create", json=body).status_code == 201
+        source.gate.open()
+        assert fake_push.wait_for(lambda: len(fake_push.received) >= 60, timeout=30)
+        gw.kill9()
+        assert len(source.sent_ids) < 240, "the kill must come mid-stream"
+
+        restarted = GatewayProcess(tmp_path, ["--config", str(config)])
+        procs.append(restarted)
+
+        def all_pushed() -> bool:
+            return len({(r.sub_id, r.payload["id"]) for r in fake_push.received if r.payload}) == 240
+
+        assert fake_push.wait_for(all_pushed, timeout=60), f"{len(fake_push.received)} pushes"
+        assert source.sessions[-1]["from"] > 130000000  # resumed from the stored cursor, not the start
+        # The cursor moved with the deliveries: one delivery per (event, endpoint), never two.
+        assert _query(
+            tmp_path / "gw.db", "SELECT COUNT(*), COUNT(DISTINCT event_key || endpoint_hash) FROM deliveries"
+        ) == [(240, 240)]
+        # Pushes sent twice can only be the few in flight at the kill (at most `concurrency`).
+        assert len(fake_push.received) - 240 <= 8
+        assert fake_push.errors == []
+        assert restarted.terminate() == 0
+    finally:
+        source.close()
