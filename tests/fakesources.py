@@ -110,6 +110,7 @@ class GraphQLWsServer:
         self.drop_after_frames: list[int] = []  # per upcoming connection: drop after N data frames
         self.garbage: list[str] = []  # sent once, right after the first data frame of the next connection
         self.error_after_frames: int | None = None  # send an error frame after N data frames (once)
+        self.silent_sessions = 0  # this many upcoming connections go quiet after the ack (a dead peer)
         self.gate = Gate()
         self._server = _LoopServer(self._handle, subprotocols=["graphql-ws"])
         self.url = f"ws://127.0.0.1:{self._server.port}/v1/graphql"
@@ -129,8 +130,13 @@ class GraphQLWsServer:
             await ws.close(4400, "expected connection_init")
             return
         await ws.send(json.dumps({"type": "connection_ack"}))
-        await ws.send(json.dumps({"type": "ka"}))
         start = json.loads(await ws.recv())
+        if self.silent_sessions > 0:
+            self.silent_sessions -= 1
+            session["silent"] = True
+            await ws.wait_closed()
+            return
+        await ws.send(json.dumps({"type": "ka"}))
         session["start"] = start
         query = start["payload"]["query"]
         session["from"] = int(re.search(r"blockHeight: (\d+)", query).group(1))  # type: ignore[union-attr]
@@ -279,6 +285,10 @@ class SocialIndexServer:
         self.entries: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self.failures: list[tuple[int, bytes]] = []  # next answers to give instead of data
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.times: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._http = _HttpServer(self._handle)
         self.url = self._http.url
@@ -299,8 +309,14 @@ class SocialIndexServer:
         body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", "0"))) or b"{}")
         with self._lock:
             self.requests.append(body)
+            self.times.setdefault(body.get("key"), []).append(time.monotonic())
             failure = self.failures.pop(0) if self.failures else None
             entries = list(self.entries.get(body.get("key"), []))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with self._lock:
+            self.in_flight -= 1
         if failure is not None:
             return _HttpServer.reply(h, failure[0], failure[1], "text/plain")
         if h.path != "/index" or body.get("action") != "notify":

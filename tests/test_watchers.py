@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -362,3 +363,36 @@ item_path = ""
         assert gw.http.get("/healthz").json()["watchers"]["poll-feed"]["cursor"] == "5"
     finally:
         feed.close()
+
+
+def test_a_silent_dead_connection_is_noticed_by_the_read_timeout(
+    start_gateway: Any, fake_push: FakePushService, graphql: GraphQLWsServer
+) -> None:
+    graphql.silent_sessions = 1  # acks, then never sends a frame (not even a keep-alive)
+    gw = start_gateway(watchers=[queryapi(graphql.url, read_timeout=0.5)], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    graphql.gate.open()
+    fake_push.wait_count(bob, 6)
+    assert graphql.sessions[0].get("silent") and len(graphql.sessions) >= 2
+    state = gw.http.get("/healthz").json()["watchers"]["queryapi"]
+    assert state["reconnects"] >= 1
+
+
+def test_social_index_respects_its_concurrency_cap_and_interval(start_gateway: Any, fake_push: FakePushService) -> None:
+    index = SocialIndexServer()
+    index.delay = 0.15
+    try:
+        gw = start_gateway(
+            watchers=[{**social_watcher(index.url), "concurrency": 2, "interval": 0.6}],
+            matching={"max_per_endpoint_per_day": 0},
+        )
+        for i in range(6):
+            subscribe(gw, fake_push, f"acc{i}.near")
+        assert wait_until(lambda: all(len(index.times.get(f"acc{i}.near", [])) >= 3 for i in range(6)), 15)
+        assert index.max_in_flight == 2
+        for i in range(6):
+            times = index.times[f"acc{i}.near"]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert min(gaps) >= 0.6, gaps  # nothing new: each account waits its interval
+    finally:
+        index.close()
