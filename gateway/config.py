@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.endpoints import DEFAULT_ALLOWED_ENDPOINTS, EndpointPrefix, parse_prefix
 from gateway.exceptions import ConfigError
+from gateway.models import NEAR_ROW_FIELDS
 
 PLACEHOLDER_SUBJECT = "mailto:admin@example.com"
 KIB = 1024
@@ -91,22 +92,10 @@ class MatchingSettings(_Section):
     max_per_endpoint_per_day: int = Field(15, ge=0)  # pushes per endpoint per UTC day; 0 = no cap
 
 
-QUERYAPI_FIELDS = [
-    "id",
-    "blockHeight",
-    "initiatedBy",
-    "itemType",
-    "message",
-    "path",
-    "receiver",
-    "valueType",
-    "devhubPostId",
-    "actionAtBlockHeight",
-]
 WATCHER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
-class _WatcherBase(_Section):
+class WatcherSettingsBase(_Section):
     name: str  # unique; names the cursor, the logs and the metrics
     url: str
     enabled: bool = True
@@ -132,7 +121,7 @@ class _WatcherBase(_Section):
         return ("wss://", "ws://")
 
 
-class _SocketWatcher(_WatcherBase):
+class _SocketWatcher(WatcherSettingsBase):
     read_timeout: float = Field(60.0, gt=0)  # no frame for this long: the connection is dead, reconnect
     ping_interval: float = Field(20.0, gt=0)  # WebSocket ping period (a pong must come within read_timeout)
 
@@ -143,7 +132,7 @@ class QueryApiWatcherSettings(_SocketWatcher):
     kind: Literal["queryapi"]
     role: str = "dataplatform_near"  # x-hasura-role
     table: str = "dataplatform_near_notifications_notifications_stream"
-    fields: list[str] = Field(default_factory=lambda: list(QUERYAPI_FIELDS))
+    fields: list[str] = Field(default_factory=lambda: list(NEAR_ROW_FIELDS))
     start_block_height: int = Field(0, ge=0)  # where to start when no cursor is stored yet
     batch_size: int = Field(100, ge=1, le=1000)
 
@@ -167,7 +156,7 @@ class NearActionsWatcherSettings(_SocketWatcher):
     secret: str = "gateway"  # noqa: S105 (not a credential: the actions server echoes it back)
 
 
-class SocialIndexWatcherSettings(_WatcherBase):
+class SocialIndexWatcherSettings(WatcherSettingsBase):
     """Polls api.near.social POST /index (action: notify) for every account that has a stream."""
 
     kind: Literal["social-index"]
@@ -203,7 +192,7 @@ class WebsocketJsonWatcherSettings(_SocketWatcher):
     mapping: FieldMapping = FieldMapping()
 
 
-class HttpPollJsonWatcherSettings(_WatcherBase):
+class HttpPollJsonWatcherSettings(WatcherSettingsBase):
     """Any HTTP endpoint answering JSON pages of rows; "{cursor}" in url or body is the stored cursor."""
 
     kind: Literal["http-poll-json"]

@@ -16,6 +16,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
+# The notification row of the NEAR notifications server (near-protocols.md §3), in its order.
+NEAR_ROW_FIELDS = (
+    "id",
+    "blockHeight",
+    "initiatedBy",
+    "itemType",
+    "message",
+    "path",
+    "receiver",
+    "valueType",
+    "devhubPostId",
+    "actionAtBlockHeight",
+)
 MAX_GATEWAY_LENGTH = 512
 MAX_VALUE_TYPE_LENGTH = 128
 

@@ -11,6 +11,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from gateway.models import NEAR_ROW_FIELDS
+
 # aes128gcm in one record: 4096-byte body limit − 86-byte header − 1 delimiter − 16 tag.
 MAX_PLAINTEXT_BYTES = 3993
 # After a 413 the dispatcher retries once with the compact form, which stays under this.
@@ -19,18 +21,6 @@ MAX_BODY_CHARS = 240
 COMPACT_BODY_CHARS = 120
 MAX_TAG_CHARS = 128
 
-NEAR_ROW_FIELDS = (
-    "id",
-    "blockHeight",
-    "initiatedBy",
-    "itemType",
-    "message",
-    "path",
-    "receiver",
-    "valueType",
-    "devhubPostId",
-    "actionAtBlockHeight",
-)
 ADDED_FIELDS = ("title", "body", "url", "tag")
 
 NEAR_ORG = "https://near.org"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import anyio
 
 from gateway.backoff import backoff_delays
+from gateway.config import WatcherSettingsBase
 from gateway.models import Event
 from watchers.decode import Decoded, Fault
 
@@ -79,18 +80,25 @@ class WatcherState:
 
 
 class Watcher:
-    """Base of every source kind: state, fault accounting and delivery to the sink."""
+    """Base of every source kind: state, fault accounting, delivery to the sink, and ``run``, which
+    keeps the kind's ``_session`` going under the reconnect supervisor."""
 
     kind = "watcher"
 
-    def __init__(self, name: str, sink: EventSink) -> None:
-        self.name = name
+    def __init__(self, settings: WatcherSettingsBase, sink: EventSink) -> None:
+        self.name = settings.name
         self.sink = sink
-        self.state = WatcherState(name, self.kind)
+        self.state = WatcherState(self.name, self.kind)
+        self._base_settings = settings
         self._logged_faults: set[str] = set()
         self._progress = False
 
     async def run(self) -> None:
+        s = self._base_settings
+        await self.supervise(self._session, s.reconnect_initial_delay, s.reconnect_max_delay)
+
+    async def _session(self) -> None:
+        """One connection (or polling run) until it ends; the supervisor starts the next."""
         raise NotImplementedError
 
     def fault(self, fault: Fault) -> None:

@@ -42,7 +42,9 @@ def _parse(text: str | bytes) -> tuple[Any, Fault | None]:
 
 
 class _FeedWatcher(Watcher):
-    cursor_value: str
+    def __init__(self, settings: WebsocketJsonWatcherSettings | HttpPollJsonWatcherSettings, sink: EventSink) -> None:
+        super().__init__(settings, sink)
+        self.cursor_value = settings.start_cursor
 
     def _decode(self, payload: Any, rows: str, mapping: dict[str, str]) -> tuple[Decoded, str | None]:
         decoded = decode_json_rows(payload, source=self.name, rows=rows, mapping=mapping)
@@ -57,13 +59,8 @@ class WebsocketJsonWatcher(_FeedWatcher):
     kind = "websocket-json"
 
     def __init__(self, settings: WebsocketJsonWatcherSettings, sink: EventSink) -> None:
-        super().__init__(settings.name, sink)
+        super().__init__(settings, sink)
         self.settings = settings
-        self.cursor_value = settings.start_cursor
-
-    async def run(self) -> None:
-        s = self.settings
-        await self.supervise(self._session, s.reconnect_initial_delay, s.reconnect_max_delay)
 
     async def _session(self) -> None:
         s = self.settings
@@ -89,13 +86,8 @@ class HttpPollJsonWatcher(_FeedWatcher):
     kind = "http-poll-json"
 
     def __init__(self, settings: HttpPollJsonWatcherSettings, sink: EventSink) -> None:
-        super().__init__(settings.name, sink)
+        super().__init__(settings, sink)
         self.settings = settings
-        self.cursor_value = settings.start_cursor
-
-    async def run(self) -> None:
-        s = self.settings
-        await self.supervise(self._session, s.reconnect_initial_delay, s.reconnect_max_delay)
 
     async def _session(self) -> None:
         s = self.settings

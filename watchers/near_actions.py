@@ -28,12 +28,8 @@ class NearActionsWatcher(Watcher):
     kind = "near-actions"
 
     def __init__(self, settings: NearActionsWatcherSettings, sink: EventSink) -> None:
-        super().__init__(settings.name, sink)
+        super().__init__(settings, sink)
         self.settings = settings
-
-    async def run(self) -> None:
-        s = self.settings
-        await self.supervise(self._session, s.reconnect_initial_delay, s.reconnect_max_delay)
 
     async def _session(self) -> None:
         s = self.settings

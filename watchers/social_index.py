@@ -36,7 +36,7 @@ class SocialIndexWatcher(Watcher):
     kind = "social-index"
 
     def __init__(self, settings: SocialIndexWatcherSettings, sink: EventSink) -> None:
-        super().__init__(settings.name, sink)
+        super().__init__(settings, sink)
         self.settings = settings
         self._due: dict[str, float] = {}
         self._failures: dict[str, int] = {}
