@@ -202,6 +202,7 @@ class ActionsServer:
         self.actions: list[dict[str, Any]] = list(past or [])
         self.subscriptions: list[dict[str, Any]] = []
         self.drop_after_live_frames: list[int] = []
+        self.garbage: list[str] = []  # sent before the past frame of the next connection
         self._clients: list[tuple[ServerConnection, Any, str]] = []
         self.gate = Gate()
         self._server = _LoopServer(self._handle)
@@ -237,6 +238,9 @@ class ActionsServer:
         await self.gate.wait()
         n = max(0, min(int(sub.get("fetch_past_actions", 0)), 1000))
         past = [a for a in self.actions if filter_matches(flt, a)][-n:] if n else []
+        garbage, self.garbage = self.garbage, []
+        for g in garbage:
+            await ws.send(g)
         await ws.send(json.dumps({"secret": secret, "actions": past, "note": "past"}))
         ws.drop_after = self.drop_after_live_frames.pop(0) if self.drop_after_live_frames else None  # type: ignore[attr-defined]
         self._clients.append((ws, flt, secret))

@@ -396,3 +396,23 @@ def test_social_index_respects_its_concurrency_cap_and_interval(start_gateway: A
             assert min(gaps) >= 0.6, gaps  # nothing new: each account waits its interval
     finally:
         index.close()
+
+
+def test_actions_stream_survives_garbage(start_gateway: Any, fake_push: FakePushService) -> None:
+    past, *_ = actions_fixture()
+    broken = {**past[0], "receiptId": "RB", "action": {"FunctionCall": {"method_name": "set", "args": "%%%"}}}
+    server = ActionsServer([*past, broken])
+    server.garbage = ["{{{ not json", json.dumps({"note": "no actions here"}), json.dumps({"actions": [42]})]
+    server.gate.close()
+    try:
+        gw = start_gateway(watchers=[actions_watcher(server.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        server.gate.open()
+        fake_push.wait_count(bob, 2)
+        server.push_block([set_call("R20", "carol.near", 130000020, {"key": "bob.near", "value": {"type": "poke"}})])
+        fake_push.wait_count(bob, 3)
+        state = gw.http.get("/healthz").json()["watchers"]["actions"]
+        assert state["faults"] == {"malformed_json": 1, "bad_frame": 1, "bad_action": 2}
+        assert state["reconnects"] == 0 and state["connected"]
+    finally:
+        server.close()
