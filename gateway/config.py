@@ -219,6 +219,32 @@ WatcherSettings = Annotated[
 ]
 
 
+class GatewaySettings(_Section):
+    """A frontend that registers streams: where clicks on its notifications go."""
+
+    origin: str  # e.g. "https://my-frontend.example"; streams whose gateway has this origin use these links
+    # value type -> URL template; placeholders are the row's fields ({receiver}, {initiatedBy}, {blockHeight},
+    # {actionAtBlockHeight}, {path}, {devhubPostId}, {id}, {valueType}, ...) and {gateway}. A template
+    # whose placeholder has no value in the row is skipped.
+    links: dict[str, str] = Field(default_factory=dict)
+    default_link: str = ""  # template when no per-type link fits; "" = the gateway's own URL
+
+    @field_validator("origin")
+    @classmethod
+    def _origin_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("links")
+    @classmethod
+    def _links_are_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, template in value.items():
+            if not template.startswith(("https://", "http://", "{gateway}")):
+                raise ValueError(f"links.{kind} must start with https://, http:// or {{gateway}}")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -234,6 +260,20 @@ class Settings(BaseSettings):
     matching: MatchingSettings = MatchingSettings()
     logging: LoggingSettings = LoggingSettings()
     watchers: list[WatcherSettings] = Field(default_factory=list)
+    gateways: list[GatewaySettings] = Field(default_factory=list)
+
+    @property
+    def link_templates(self) -> dict[str, dict[str, str]]:
+        """Gateway origin -> {value type or "default": template}, as gateway.links wants it."""
+        from gateway.links import gateway_origin
+
+        out: dict[str, dict[str, str]] = {}
+        for g in self.gateways:
+            templates = dict(g.links)
+            if g.default_link:
+                templates["default"] = g.default_link
+            out[gateway_origin(g.origin)] = templates
+        return out
 
     @model_validator(mode="after")
     def _watcher_names_unique(self) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import anyio
@@ -68,9 +68,11 @@ class Dispatcher:
         sender: Sender,
         settings: PushSettings,
         *,
+        links: Mapping[str, Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
+        self._links = links or {}
         self._store = store
         self._sender = sender
         self._settings = settings
@@ -118,7 +120,7 @@ class Dispatcher:
         try:
             stream = claim.stream
             try:
-                plaintext = build_payload(claim.row, compact=claim.compact)
+                plaintext = build_payload(claim.row, gateway=stream.gateway, links=self._links, compact=claim.compact)
                 answer = await self._sender.send(stream.endpoint, stream.p256dh, stream.auth, plaintext)
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)

@@ -8,9 +8,10 @@ The NEAR row goes out unchanged (service workers in the wild read ``valueType``,
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
+from gateway.links import click_url
 from gateway.models import NEAR_ROW_FIELDS
 
 # aes128gcm in one record: 4096-byte body limit − 86-byte header − 1 delimiter − 16 tag.
@@ -22,8 +23,6 @@ COMPACT_BODY_CHARS = 120
 MAX_TAG_CHARS = 128
 
 ADDED_FIELDS = ("title", "body", "url", "tag")
-
-NEAR_ORG = "https://near.org"
 
 # value type -> (title, body with {who})
 _TEXTS: dict[str, tuple[str, str]] = {
@@ -62,20 +61,6 @@ def title_and_body(row: dict[str, Any]) -> tuple[str, str]:
     return title, template.format(who=who, thing=_thing(row), type=value_type or "new")
 
 
-def click_url(row: dict[str, Any]) -> str:
-    """Where a click goes (the reference service workers' links, on near.org)."""
-    value_type = str(row.get("valueType") or "")
-    receiver = row.get("receiver")
-    if value_type.startswith("devgovgigs") and row.get("devhubPostId") is not None:
-        return f"{NEAR_ORG}/devhub.near/widget/app?page=post&id={quote(str(row['devhubPostId']))}"
-    if receiver and row.get("actionAtBlockHeight") is not None:
-        return f"{NEAR_ORG}/s/p?a={quote(str(receiver))}&b={row['actionAtBlockHeight']}"
-    if value_type == "mention" and row.get("initiatedBy") and row.get("blockHeight") is not None:
-        # A mention names no target block: the mentioning post is at the event's own block.
-        return f"{NEAR_ORG}/s/p?a={quote(str(row['initiatedBy']))}&b={row['blockHeight']}"
-    return f"{NEAR_ORG}/notifications"
-
-
 def notification_tag(row: dict[str, Any]) -> str:
     """Groups repeats: a burst of likes on one post replaces one notification, not ten.
 
@@ -96,16 +81,23 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def build_payload(row: dict[str, Any], *, compact: bool = False) -> bytes:
+def build_payload(
+    row: dict[str, Any],
+    *,
+    gateway: str = "https://near.org",
+    links: Mapping[str, Mapping[str, str]] | None = None,
+    compact: bool = False,
+) -> bytes:
     """The JSON plaintext of one push, never over the aes128gcm single-record limit.
 
-    ``compact`` is the smaller form sent once after a push service answered 413.
+    ``gateway`` is the stream's frontend (it decides the click link, with the operator's ``links``
+    templates by gateway origin); ``compact`` is the smaller form sent once after a 413.
     """
     title, body = title_and_body(row)
     added = {
         "title": title,
         "body": _truncate(body, COMPACT_BODY_CHARS if compact else MAX_BODY_CHARS),
-        "url": click_url(row),
+        "url": click_url(row, gateway, links),
         "tag": notification_tag(row),
     }
     limit = COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES

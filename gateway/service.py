@@ -106,7 +106,7 @@ class Gateway:
                 timeout=push.request_timeout,
                 concurrency_per_origin=push.concurrency_per_origin,
             ) as client:
-                dispatcher = Dispatcher(store, client, push)
+                dispatcher = Dispatcher(store, client, push, links=settings.link_templates)
                 sink = StoreSink(store, policy_from(settings.matching), dispatcher.wake)
                 watchers = [build_watcher(w, sink) for w in settings.watchers if w.enabled]
                 app = create_app(

@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.config import (
+    GatewaySettings,
     HttpPollJsonWatcherSettings,
     NearActionsWatcherSettings,
     QueryApiWatcherSettings,
@@ -82,14 +83,17 @@ def test_every_setting_is_documented_in_config_example_with_its_default() -> Non
     example: dict[str, Any] = tomllib.loads((ROOT / "config.example.toml").read_text())
     defaults = Settings().model_dump()
     for dotted in _keys(Settings):
-        if dotted == "watchers":
+        if dotted in ("watchers", "gateways"):
             continue
         section, key = dotted.split(".")
         assert key in example.get(section, {}), f"{dotted} missing from config.example.toml"
         assert example[section][key] == defaults[section][key], f"{dotted}: example differs from the default"
     # and the example holds nothing the code does not know
     loaded = load_settings(ROOT / "config.example.toml")
-    assert loaded.model_copy(update={"watchers": []}) == Settings()
+    assert loaded.model_copy(update={"watchers": [], "gateways": []}) == Settings()
+    assert len(loaded.gateways) == 1
+    assert set(GatewaySettings.model_fields) <= set(example["gateways"][0])
+    assert loaded.link_templates["https://my-frontend.example"]["default"] == "{gateway}/notifications"
 
 
 WATCHER_KINDS = {

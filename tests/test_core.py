@@ -12,7 +12,7 @@ from gateway.dispatcher import decide, retry_delay
 from gateway.endpoints import DEFAULT_ALLOWED_ENDPOINTS, endpoint_hash, is_allowed, parse_prefix, redact
 from gateway.matcher import match
 from gateway.models import Claim, Event, MatchPolicy, Stream
-from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, click_url, notification_tag, title_and_body
+from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, notification_tag, title_and_body
 from gateway.webpush import PushAnswer, VapidSigner, Verdict, classify, parse_retry_after
 from tests.conftest import Clock, row
 from tests.rfc8291 import verify_vapid
@@ -121,18 +121,6 @@ def test_every_type_gets_a_title_body_url_and_tag(value_type: str) -> None:
         assert payload["body"] == "Your bounty was approved"
     elif value_type != "something-new":
         assert "alice.near" in payload["body"]
-
-
-def test_reference_links() -> None:
-    assert click_url(row(1, value_type="devgovgigs/like", devhubPostId=512)) == (
-        "https://near.org/devhub.near/widget/app?page=post&id=512"
-    )
-    assert click_url(row(1)) == "https://near.org/s/p?a=bob.near&b=129999000"
-    assert click_url(row(1, value_type="follow", actionAtBlockHeight=None, path=None, blockHeight=None)) == (
-        "https://near.org/notifications"
-    )
-    mention = row(1, value_type="mention", initiatedBy="dave.near", actionAtBlockHeight=None, blockHeight=130000002)
-    assert click_url(mention) == "https://near.org/s/p?a=dave.near&b=130000002"
 
 
 def test_tags_group_likes_on_one_post_but_not_mentions() -> None:

@@ -36,7 +36,10 @@ def test_fixture_create_body_then_event_delivers_every_row_field(
         assert push.payload is not None and push.payload[key] == value
     assert push.payload["title"] == "New like"
     assert push.payload["body"] == "alice.near liked your post"
-    assert push.payload["url"] == "https://near.org/s/p?a=bob.near&b=129999000"
+    # the fixture's gateway is near.social: the like opens the liked post's page there
+    assert push.payload["url"] == (
+        "https://near.social/mob.near/widget/MainPage.N.Post.Page?accountId=bob.near&blockHeight=129999000"
+    )
     assert push.payload["tag"]
     assert push.headers["TTL"] == "86400" and push.headers["Urgency"] == "normal"
     assert push.claims["aud"] == fake_push.url and push.claims["sub"] == "mailto:ops@gateway.test"
