@@ -32,6 +32,7 @@ class Received:
     plaintext_bytes: int
     claims: dict[str, Any]
     headers: dict[str, str]
+    plaintext: bytes = b""
 
 
 class Subscription:
@@ -168,7 +169,7 @@ class FakePushService:
             time.sleep(reply.delay)
         with self._lock:
             self.in_flight -= 1
-        record = Received(sub.id, now, reply.status, payload, len(plaintext), claims, dict(h.headers))
+        record = Received(sub.id, now, reply.status, payload, len(plaintext), claims, dict(h.headers), plaintext)
         with self._cond:
             self.received.append(record)
             self._cond.notify_all()

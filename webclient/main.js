@@ -1,10 +1,24 @@
-// Subscribe this browser to the gateway's push notifications for one NEAR account.
-// Reusable as an ES module: import { subscribe, unsubscribe } from "<gateway>/main.js".
+// NEAR push notifications in the browser: subscribe a NEAR account to a push gateway.
+//
+// Reusable as an ES module by any frontend:
+//   import { subscribe, unsubscribe, setMuted, status } from "https://<gateway>/main.js";
+//   await subscribe("bob.near", { serviceWorker: "/sw.js" });   // call from a click handler
+// The service worker must be served by the frontend's own origin (copy the gateway's /sw.js).
+// When this file is the gateway's own page (index.html), it also wires the page's controls.
 
-const gatewayUrl = new URL(".", import.meta.url).href.replace(/\/$/, "");
+const GATEWAY_URL = new URL(".", import.meta.url).href.replace(/\/$/, "");
+const STATE_CACHE = "near-push";
+const STATE_KEY = "/__near-push/state";
 
+export const NOTIFICATION_TYPES = [
+  ["like", "Likes"], ["comment", "Comments"], ["mention", "Mentions"], ["follow", "New followers"],
+  ["repost", "Reposts"], ["poke", "Pokes"], ["star", "Stars"], ["custom", "App messages"],
+];
+
+/** Does this browser support Web Push at all? */
 export function supported() {
-  return "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
+  return typeof window !== "undefined" && "serviceWorker" in navigator && "PushManager" in window &&
+    "Notification" in window;
 }
 
 function keyBytes(base64url) {
@@ -12,66 +26,152 @@ function keyBytes(base64url) {
   return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 }
 
-async function post(path, body) {
-  const r = await fetch(`${gatewayUrl}${path}`, {
+async function post(server, path, body) {
+  const r = await fetch(`${server}${path}`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
-  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).message || `HTTP ${r.status}`);
-}
-
-export async function subscribe(accountId) {
-  const registration = await navigator.serviceWorker.register(`${gatewayUrl}/sw.js`);
-  if ((await Notification.requestPermission()) !== "granted") throw new Error("blocked");
-  const { publicKey } = await (await fetch(`${gatewayUrl}/vapid-public-key`)).json();
-  const subscription = await registration.pushManager.subscribe({
-    userVisibleOnly: true, applicationServerKey: keyBytes(publicKey),
-  });
-  await post("/subscriptions/create", { accountId, gateway: location.origin, subscription: subscription.toJSON() });
-  localStorage.setItem("near-push-account", accountId);
-  return subscription;
-}
-
-export async function unsubscribe() {
-  const registration = await navigator.serviceWorker.getRegistration(`${gatewayUrl}/sw.js`);
-  const subscription = registration && (await registration.pushManager.getSubscription());
-  if (!subscription) return;
-  await post("/subscriptions/delete", { endpoint: subscription.endpoint }).catch(() => {});
-  await subscription.unsubscribe();
-  localStorage.removeItem("near-push-account");
-}
-
-function show(text) {
-  const el = document.getElementById("state");
-  if (el) el.textContent = text;
-}
-
-if (typeof document !== "undefined" && document.getElementById("subscribe-form")) {
-  const form = document.getElementById("subscribe-form");
-  const off = document.getElementById("unsubscribe");
-  if (!supported()) {
-    show("This browser does not support push notifications.");
-    form.querySelector("button").disabled = true;
-  } else if (Notification.permission === "denied") {
-    show("Notifications are blocked for this site in the browser settings.");
-  } else {
-    const account = localStorage.getItem("near-push-account");
-    show(account ? `Subscribed as ${account}.` : "Not subscribed.");
-    off.hidden = !account;
+  if (!r.ok) {
+    const err = await r.json().catch(() => ({}));
+    throw Object.assign(new Error(err.message || `HTTP ${r.status}`), { code: err.code });
   }
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    show("Subscribing…");
+}
+
+// What the service worker needs to re-register on pushsubscriptionchange, shared through Cache Storage.
+export async function readState() {
+  const hit = await (await caches.open(STATE_CACHE)).match(STATE_KEY);
+  return hit ? hit.json() : { server: GATEWAY_URL, streams: [], muted: {} };
+}
+
+async function writeState(state) {
+  const body = JSON.stringify(state);
+  await (await caches.open(STATE_CACHE)).put(STATE_KEY, new Response(body, { headers: { "Content-Type": "application/json" } }));
+}
+
+async function registration(serviceWorker) {
+  return navigator.serviceWorker.register(serviceWorker);
+}
+
+/** "unsupported" | "blocked" | "subscribed" | "unsubscribed", with the accounts and endpoint. */
+export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  if (!supported()) return { state: "unsupported", accounts: [] };
+  if (Notification.permission === "denied") return { state: "blocked", accounts: [] };
+  const reg = await registration(serviceWorker);
+  const sub = await reg.pushManager.getSubscription();
+  const state = await readState();
+  if (!sub || !state.streams.length) return { state: "unsubscribed", accounts: [] };
+  return { state: "subscribed", accounts: state.streams.map((s) => s.accountId), endpoint: sub.endpoint };
+}
+
+/**
+ * Ask permission (call this from a click handler), subscribe the browser and register the stream.
+ * `gateway` is the frontend whose pages notifications open (default: this page's origin).
+ */
+export async function subscribe(accountId, { gateway = location.origin, server = GATEWAY_URL,
+  serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  if (!supported()) throw Object.assign(new Error("Push notifications are not supported here"), { code: "unsupported" });
+  const permission = await Notification.requestPermission();
+  if (permission !== "granted") throw Object.assign(new Error("Notifications are blocked"), { code: "blocked" });
+  const reg = await registration(serviceWorker);
+  await navigator.serviceWorker.ready;
+  const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
+  const sub = (await reg.pushManager.getSubscription()) ||
+    (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(publicKey) }));
+  await post(server, "/subscriptions/create", { accountId, gateway, subscription: sub.toJSON() });
+  const state = await readState();
+  state.server = server;
+  state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
+  await writeState(state);
+  return sub;
+}
+
+/** Stop notifications: remove the streams from the gateway, then the browser's subscription. */
+export async function unsubscribe({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  const reg = await registration(serviceWorker);
+  const sub = await reg.pushManager.getSubscription();
+  const state = await readState();
+  if (sub) {
+    await post(state.server || GATEWAY_URL, "/subscriptions/delete", { endpoint: sub.endpoint }).catch(() => {});
+    await sub.unsubscribe();
+  }
+  await writeState({ server: state.server || GATEWAY_URL, streams: [], muted: {} });
+}
+
+/** Mute or unmute one notification type for an account on this browser. */
+export async function setMuted(accountId, type, muted, { serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  const reg = await registration(serviceWorker);
+  const sub = await reg.pushManager.getSubscription();
+  if (!sub) throw Object.assign(new Error("Not subscribed"), { code: "unsubscribed" });
+  const state = await readState();
+  await post(state.server || GATEWAY_URL, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type, block: muted });
+  state.muted = { ...state.muted, [`${accountId}/${type}`]: muted };
+  await writeState(state);
+}
+
+// --- the gateway's own page ------------------------------------------------------------
+
+const MESSAGES = {
+  unsupported: "This browser cannot receive push notifications.",
+  blocked: "Notifications are blocked for this site. Allow them in the browser's site settings, then reload.",
+  unsubscribed: "Not subscribed.",
+};
+
+function wirePage() {
+  const $ = (id) => document.getElementById(id);
+  const form = $("subscribe-form");
+  const show = (state, text) => {
+    $("state").dataset.state = state;
+    $("state").textContent = text || MESSAGES[state] || state;
+    $("subscribe").disabled = state === "unsupported" || state === "blocked";
+    $("unsubscribe").hidden = state !== "subscribed";
+    $("mute").hidden = state !== "subscribed";
+  };
+  const account = () => form.account.value.trim();
+
+  const list = $("types");
+  for (const [type, label] of NOTIFICATION_TYPES) {
+    const item = document.createElement("label");
+    item.innerHTML = `<input type="checkbox" name="mute" value="${type}"> ${label}`;
+    list.appendChild(item);
+  }
+
+  async function refresh() {
+    const s = await status();
+    if (s.state === "subscribed") {
+      form.account.value = form.account.value || s.accounts[0];
+      const state = await readState();
+      for (const box of list.querySelectorAll("input")) box.checked = !!state.muted[`${account()}/${box.value}`];
+      show("subscribed", `Subscribed as ${s.accounts.join(", ")}.`);
+    } else {
+      show(s.state);
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    show("working", "Subscribing…");
     try {
-      await subscribe(form.account.value.trim());
-      show(`Subscribed as ${form.account.value.trim()}.`);
-      off.hidden = false;
+      await subscribe(account(), { gateway: form.opens.value });
+      await refresh();
     } catch (err) {
-      show(err.message === "blocked" ? "Notifications are blocked." : `Could not subscribe: ${err.message}`);
+      if (err.code === "blocked") show("blocked");
+      else show("error", `Could not subscribe: ${err.message}`);
     }
   });
-  off.addEventListener("click", async () => {
+  $("unsubscribe").addEventListener("click", async () => {
     await unsubscribe();
-    off.hidden = true;
-    show("Not subscribed.");
+    await refresh();
   });
+  list.addEventListener("change", async (event) => {
+    const box = event.target;
+    try {
+      await setMuted(account(), box.value, box.checked);
+      $("mute-state").textContent = `${box.checked ? "Muted" : "Unmuted"} ${box.parentElement.textContent.trim()}.`;
+    } catch (err) {
+      box.checked = !box.checked;
+      $("mute-state").textContent = `Could not change it: ${err.message}`;
+    }
+  });
+  refresh().catch((err) => show("error", err.message));
 }
+
+if (typeof document !== "undefined" && document.getElementById("subscribe-form")) wirePage();

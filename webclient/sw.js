@@ -1,36 +1,125 @@
-// Service worker: show every push, open its page on click.
+// Service worker for NEAR push notifications: show every push, open its page on click, and keep the
+// gateway's copy of the subscription current. Frontends serve a copy of this file from their own origin.
 
+const STATE_CACHE = "near-push";
+const STATE_KEY = "/__near-push/state";
 const FALLBACK_URL = "https://near.org/notifications";
 
-function describe(data) {
-  if (data && data.title) return data;
-  // A bare NEAR row (the reference server's payload) or anything else: still show something.
-  const who = (data && data.initiatedBy) || "Someone";
-  const type = (data && data.valueType) || "activity";
-  return { title: "NEAR", body: `${who}: new ${type}`, url: FALLBACK_URL, tag: undefined };
+// For payloads that are a bare NEAR row (the reference server's format) or anything else.
+const TEXTS = {
+  like: ["New like", "liked your post"], comment: ["New comment", "commented on your post"],
+  mention: ["New mention", "mentioned you"], follow: ["New follower", "followed you"],
+  unfollow: ["Follower lost", "unfollowed you"], poke: ["Poke", "poked you"],
+  repost: ["New repost", "reposted your post"], star: ["New star", "starred your component"],
+};
+
+function legacyUrl(row) {
+  if (String(row.valueType || "").startsWith("devgovgigs") && row.devhubPostId != null) {
+    return `https://near.org/devhub.near/widget/app?page=post&id=${encodeURIComponent(row.devhubPostId)}`;
+  }
+  if (row.receiver && row.actionAtBlockHeight != null) {
+    return `https://near.org/s/p?a=${encodeURIComponent(row.receiver)}&b=${encodeURIComponent(row.actionAtBlockHeight)}`;
+  }
+  return FALLBACK_URL;
 }
 
-self.addEventListener("push", (event) => {
-  let data = null;
-  try {
-    data = event.data ? event.data.json() : null;
-  } catch (_) {
-    data = null;
+/** What to show for a push payload, whatever it is. Never throws. */
+function describe(data) {
+  if (data && typeof data === "object" && typeof data.title === "string") {
+    return { title: data.title, body: data.body || "", url: data.url || legacyUrl(data), tag: data.tag };
   }
+  if (data && typeof data === "object" && data.valueType) {
+    const who = data.initiatedBy || "Someone";
+    const [title, verb] = TEXTS[data.valueType] || ["New notification", `sent you a ${data.valueType} notification`];
+    const body = data.valueType === "custom" && data.message ? String(data.message) : `${who} ${verb}`;
+    return { title, body, url: legacyUrl(data), tag: undefined };
+  }
+  return { title: "New notification", body: typeof data === "string" ? data.slice(0, 200) : "", url: FALLBACK_URL };
+}
+
+function parse(event) {
+  if (!event.data) return null;
+  try {
+    return event.data.json();
+  } catch (_) {
+    try {
+      return event.data.text();
+    } catch (_) {
+      return null;
+    }
+  }
+}
+
+function keep(event, promise) {
+  // waitUntil keeps the worker alive for real events; a script-dispatched event cannot extend it.
+  try {
+    event.waitUntil(promise);
+  } catch (_) {
+    /* untrusted event: the promise still runs */
+  }
+  return promise;
+}
+
+self.addEventListener("install", () => self.skipWaiting());
+self.addEventListener("activate", (event) => keep(event, self.clients.claim()));
+
+self.addEventListener("push", (event) => {
+  const data = parse(event);
   const n = describe(data);
-  event.waitUntil(
-    self.registration.showNotification(n.title, {
-      body: n.body, tag: n.tag, data: { url: n.url || FALLBACK_URL, row: data },
-    }),
-  );
+  keep(event, self.registration.showNotification(n.title, {
+    body: n.body,
+    tag: n.tag,
+    renotify: Boolean(n.tag),
+    data: { url: n.url, payload: data },
+  }));
 });
 
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
   const url = (event.notification.data && event.notification.data.url) || FALLBACK_URL;
-  event.waitUntil((async () => {
-    const tabs = await clients.matchAll({ type: "window", includeUncontrolled: true });
-    const open = tabs.find((t) => t.url === url);
-    return open ? open.focus() : clients.openWindow(url);
+  keep(event, (async () => {
+    const target = new URL(url, self.location).href;
+    const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+    const open = windows.find((w) => w.url === target);
+    if (open && "focus" in open) return open.focus();
+    return self.clients.openWindow(target);
+  })());
+});
+
+async function readState() {
+  const hit = await (await caches.open(STATE_CACHE)).match(STATE_KEY);
+  return hit ? hit.json() : null;
+}
+
+async function post(server, path, body) {
+  return fetch(`${server}${path}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+}
+
+// The browser replaced the subscription (expiry, key rotation): register the new one for every account.
+self.addEventListener("pushsubscriptionchange", (event) => {
+  keep(event, (async () => {
+    const state = await readState();
+    if (!state || !state.streams || !state.streams.length) return;
+    const server = state.server || new URL(".", self.location).href.replace(/\/$/, "");
+    let sub = event.newSubscription;
+    if (!sub) {
+      const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
+      const key = Uint8Array.from(atob(publicKey.replace(/-/g, "+").replace(/_/g, "/") +
+        "=".repeat((4 - (publicKey.length % 4)) % 4)), (c) => c.charCodeAt(0));
+      sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    }
+    const subscription = typeof sub.toJSON === "function" ? sub.toJSON() : sub;
+    for (const { accountId, gateway } of state.streams) {
+      await post(server, "/subscriptions/create", { accountId, gateway, subscription });
+    }
+    // Mutes live with the endpoint on the gateway: carry them over to the new one.
+    for (const [key, muted] of Object.entries(state.muted || {})) {
+      const [accountId, ...type] = key.split("/");
+      if (muted) await post(server, "/preferences/set", { accountId, endpoint: subscription.endpoint, dapp: type.join("/"), block: true });
+    }
+    const old = event.oldSubscription && event.oldSubscription.endpoint;
+    if (old && old !== subscription.endpoint) await post(server, "/subscriptions/delete", { endpoint: old });
   })());
 });

@@ -1,0 +1,330 @@
+"""The web client in a real browser: Debian's Chromium, driven by Playwright, against a running gateway.
+
+Pushes reach the service worker through the DevTools command ServiceWorker.deliverPushMessage (there is
+no push service here) carrying the exact plaintext the dispatcher sent to the fake push service.
+Notifications are shown by Chromium through a fake freedesktop notification daemon (tests/desktop.py)
+and clicked through it, so the click is a real, trusted notificationclick.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningGateway, row
+from tests.fakepush import FakePushService
+from tests.test_e2e import subscribe
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() or shutil.which("dbus-daemon") is None,
+    reason="needs Debian's chromium and dbus-daemon: scripts/test installs them (apt-get install chromium dbus)",
+)
+sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("dbus_next")
+from tests.desktop import Desktop  # noqa: E402  (imports dbus_next)
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+POST_URL = "https://near.social/mob.near/widget/MainPage.N.Post.Page?accountId=bob.near&blockHeight=129999000"
+
+
+@pytest.fixture
+def desktop() -> Iterator[Desktop]:
+    d = Desktop()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def browser(desktop: Desktop) -> Iterator[Any]:
+    # A persistent profile: Chromium routes notification clicks to real profiles only. Its path is kept
+    # short and free of the test's name (long profile paths lost notifications in getNotifications()).
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, env=desktop.env, args=CHROMIUM_ARGS
+        )
+        # No internet here: near.social pages are answered locally so an opened tab keeps its URL.
+        ctx.route(
+            "https://near.social/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body="<title>near.social</title>post"),
+        )
+        ctx.route(
+            "https://near.org/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body="<title>near.org</title>post"),
+        )
+        yield ctx
+        ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_client(ctx: Any, gw: RunningGateway, *, grant: bool = True) -> Any:
+    if grant:
+        ctx.grant_permissions(["notifications"], origin=gw.url)
+    page = ctx.pages[0] if ctx.pages else ctx.new_page()
+    page.goto(gw.url + "/")
+    page.wait_for_function("document.getElementById('state').dataset.state !== undefined")
+    return page
+
+
+def registration_id(ctx: Any, page: Any, origin: str) -> tuple[Any, str]:
+    cdp = ctx.new_cdp_session(page)
+    regs: list[dict[str, Any]] = []
+    cdp.on("ServiceWorker.workerRegistrationUpdated", lambda e: regs.extend(e["registrations"]))
+    cdp.send("ServiceWorker.enable")
+    for _ in range(100):
+        found = [r for r in regs if r["scopeURL"] == origin + "/" and not r["isDeleted"]]
+        if found:
+            return cdp, found[-1]["registrationId"]
+        page.wait_for_timeout(50)
+    raise AssertionError(f"no service worker registration for {origin}: {regs}")
+
+
+def deliver(ctx: Any, page: Any, origin: str, data: str) -> None:
+    page.evaluate("navigator.serviceWorker.ready.then(r => r.active.state)")
+    cdp, rid = registration_id(ctx, page, origin)
+    cdp.send("ServiceWorker.deliverPushMessage", {"origin": origin, "registrationId": rid, "data": data})
+
+
+NOTIFICATIONS = """async () => {
+    const r = await navigator.serviceWorker.ready;
+    return (await r.getNotifications()).map(n => ({title: n.title, body: n.body, tag: n.tag, data: n.data}));
+}"""
+
+
+def wait_notifications(page: Any, done: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Poll the registration's notifications until ``done(list)`` holds."""
+    for _ in range(int(timeout * 10)):
+        notes: list[dict[str, Any]] = page.evaluate(NOTIFICATIONS)
+        if done(notes):
+            return notes
+        page.wait_for_timeout(100)
+    raise AssertionError(f"notifications never reached the expected state: {page.evaluate(NOTIFICATIONS)}")
+
+
+def shown(page: Any, desktop: Desktop, n: int) -> list[dict[str, Any]]:
+    """The registration's notifications once ``n`` are on the desktop.
+
+    Ask only after the desktop has them: a getNotifications() racing the platform's display makes
+    Chromium drop the not-yet-displayed notification from its list.
+    """
+    desktop.wait_shown(n)
+    return wait_notifications(page, lambda notes: len(notes) >= n)
+
+
+class TargetWatch:
+    """Every URL a page target of the browser has had, from DevTools target events."""
+
+    def __init__(self, ctx: Any, page: Any) -> None:
+        self.urls: list[str] = []
+        self._cdp = ctx.new_cdp_session(page)
+        self._cdp.on("Target.targetCreated", self._seen)
+        self._cdp.on("Target.targetInfoChanged", self._seen)
+        self._cdp.send("Target.setDiscoverTargets", {"discover": True})
+
+    def _seen(self, event: dict[str, Any]) -> None:
+        info = event["targetInfo"]
+        if info["type"] == "page":
+            self.urls.append(info["url"])
+
+    def wait_for(self, page: Any, url: str, timeout: float = 10.0) -> None:
+        for _ in range(int(timeout * 20)):
+            if url in self.urls:
+                return
+            page.wait_for_timeout(50)
+        raise AssertionError(f"no page target opened {url}; saw {self.urls}")
+
+
+def test_push_shows_the_dispatched_payload_and_a_click_opens_the_post(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")  # gateway "https://near.social"
+    gateway.ingest(row(9001, "bob.near", "like", path="bob.near/post/main", actionAtBlockHeight=129999000))
+    [push] = fake_push.wait_count(sub, 1)
+    payload = json.loads(push.plaintext)
+    assert payload["url"] == POST_URL
+
+    page = open_client(browser, gateway)
+    deliver(browser, page, gateway.url, push.plaintext.decode())  # exactly what the dispatcher sent
+    [note] = shown(page, desktop, 1)
+    assert note["title"] == payload["title"] == "New like"
+    assert note["body"] == payload["body"] == "alice.near liked your post"
+    assert note["tag"] == payload["tag"]
+    assert note["data"]["url"] == POST_URL
+    assert note["data"]["payload"]["id"] == 9001 and note["data"]["payload"]["receiver"] == "bob.near"
+    [on_desktop] = desktop.wait_shown(1)
+    assert on_desktop["summary"] == "New like" and "alice.near liked your post" in on_desktop["body"]
+
+    targets = TargetWatch(browser, page)
+    desktop.click(on_desktop["id"])  # a real click: Chromium dispatches a trusted notificationclick
+    targets.wait_for(page, POST_URL)  # a new tab navigated to the post (there is no internet to load it)
+    wait_notifications(page, lambda notes: notes == [])  # the click closed the notification
+
+
+def test_click_focuses_a_tab_already_on_the_url(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
+) -> None:
+    # An unknown gateway's notifications open the gateway itself: here, the page already open.
+    sub = fake_push.subscribe()
+    r = gateway.post(
+        "/subscriptions/create", {"accountId": "bob.near", "gateway": gateway.url, "subscription": sub.as_json()}
+    )
+    assert r.status_code == 201
+    gateway.ingest(row(1))
+    [push] = fake_push.wait_count(sub, 1)
+    assert json.loads(push.plaintext)["url"] == gateway.url
+
+    page = open_client(browser, gateway)
+    deliver(browser, page, gateway.url, push.plaintext.decode())
+    [on_desktop] = desktop.wait_shown(1)
+    targets = TargetWatch(browser, page)
+    pages_before = len(browser.pages)
+    desktop.click(on_desktop["id"])
+    wait_notifications(page, lambda notes: notes == [])  # the click was handled...
+    page.wait_for_timeout(1000)
+    assert len(browser.pages) == pages_before  # ...by focusing the open tab: nothing new opened
+    assert [u for u in targets.urls if u != page.url] == []
+
+
+def test_legacy_row_and_undecodable_payloads_still_show_a_notification(
+    gateway: RunningGateway, browser: Any, desktop: Desktop
+) -> None:
+    page = open_client(browser, gateway)
+    legacy = {
+        "id": 123456,
+        "blockHeight": 115000000,
+        "initiatedBy": "alice.near",
+        "itemType": "social",
+        "message": None,
+        "path": "bob.near/post/main",
+        "receiver": "bob.near",
+        "valueType": "like",
+        "devhubPostId": None,
+        "actionAtBlockHeight": 114990000,
+    }
+    deliver(browser, page, gateway.url, json.dumps(legacy))
+    [note] = shown(page, desktop, 1)
+    assert (note["title"], note["body"]) == ("New like", "alice.near liked your post")
+    assert note["data"]["url"] == "https://near.org/s/p?a=bob.near&b=114990000"
+    deliver(browser, page, gateway.url, "\u0000 not json {")
+    deliver(browser, page, gateway.url, json.dumps({"valueType": "surprise"}))
+    notes = shown(page, desktop, 3)
+    assert [n["title"] for n in notes].count("New notification") == 2
+    assert len(desktop.wait_shown(3)) >= 3
+
+
+INIT_STUB = """
+(() => {
+  // No push service is reachable here, so PushManager.subscribe would never settle: stand in for it
+  // with the test's subscription (real keys on the fake push service). Count permission prompts.
+  window.__permissionRequests = 0;
+  const ask = Notification.requestPermission.bind(Notification);
+  Notification.requestPermission = (...args) => { window.__permissionRequests++; return ask(...args); };
+  const SUB = %s;
+  let current = null;
+  PushManager.prototype.subscribe = async function () {
+    current = { endpoint: SUB.endpoint, toJSON: () => SUB, unsubscribe: async () => { current = null; return true; } };
+    return current;
+  };
+  PushManager.prototype.getSubscription = async function () { return current; };
+})();
+"""
+
+
+def test_page_subscribes_mutes_and_unsubscribes(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any
+) -> None:
+    sub = fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
+    page = open_client(browser, gateway)
+    assert page.evaluate("navigator.serviceWorker.ready.then(r => r.active.scriptURL)") == gateway.url + "/sw.js"
+    assert page.locator("#state").get_attribute("data-state") == "unsubscribed"
+    assert page.evaluate("window.__permissionRequests") == 0  # never asked without a user gesture
+
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_selector("#state[data-state=subscribed]")
+    assert page.evaluate("window.__permissionRequests") == 1
+    assert "bob.near" in page.locator("#state").inner_text()
+    [stream] = gateway.query("SELECT account_id, gateway, endpoint FROM streams")
+    assert tuple(stream) == ("bob.near", "https://near.social", sub.endpoint)
+
+    page.check("#types input[value=like]")
+    page.wait_for_selector("#mute-state:has-text('Muted Likes')")
+    assert [tuple(r) for r in gateway.query("SELECT account_id, value_type FROM preferences")] == [("bob.near", "like")]
+    assert gateway.ingest(row(1, value_type="like")).json()["skipped"] == {"blocked_by_preference": 1}
+    page.uncheck("#types input[value=like]")
+    page.wait_for_selector("#mute-state:has-text('Unmuted Likes')")
+    assert gateway.query("SELECT * FROM preferences") == []
+
+    page.click("#unsubscribe")
+    page.wait_for_selector("#state[data-state=unsubscribed]")
+    assert gateway.query("SELECT * FROM streams") == []
+
+
+def test_page_shows_unsupported_and_blocked(gateway: RunningGateway, browser: Any) -> None:
+    page = browser.new_page()
+    page.add_init_script("delete window.PushManager;")
+    page.goto(gateway.url + "/")
+    page.wait_for_selector("#state[data-state=unsupported]")
+    assert page.locator("#subscribe").is_disabled()
+    page.close()
+
+    page = open_client(browser, gateway, grant=False)
+    cdp = browser.new_cdp_session(page)
+    cdp.send(
+        "Browser.setPermission", {"permission": {"name": "notifications"}, "setting": "denied", "origin": gateway.url}
+    )
+    page.reload()
+    page.wait_for_selector("#state[data-state=blocked]")
+    assert "blocked" in page.locator("#state").inner_text()
+    assert page.locator("#subscribe").is_disabled()
+
+
+def test_pushsubscriptionchange_registers_the_new_subscription(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any
+) -> None:
+    old, new = fake_push.subscribe(), fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(old.as_json()))
+    page = open_client(browser, gateway)
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_selector("#state[data-state=subscribed]")
+    page.check("#types input[value=poke]")
+    page.wait_for_selector("#mute-state:has-text('Muted Pokes')")
+
+    # Chromium never fires this event by itself; dispatch it in the worker as the browser would.
+    [worker] = browser.service_workers
+    worker.evaluate(
+        """([sub, oldEndpoint]) => {
+        const event = new ExtendableEvent('pushsubscriptionchange');
+        Object.defineProperty(event, 'newSubscription', {value: {endpoint: sub.endpoint, toJSON: () => sub}});
+        Object.defineProperty(event, 'oldSubscription', {value: {endpoint: oldEndpoint}});
+        self.dispatchEvent(event);
+    }""",
+        [new.as_json(), old.endpoint],
+    )
+    page.wait_for_timeout(200)
+    for _ in range(100):
+        endpoints = [r[0] for r in gateway.query("SELECT endpoint FROM streams")]
+        if endpoints == [new.endpoint]:
+            break
+        page.wait_for_timeout(50)
+    assert endpoints == [new.endpoint]
+    assert [tuple(r) for r in gateway.query("SELECT account_id, value_type FROM preferences")] == [("bob.near", "poke")]
+    gateway.ingest(row(5, value_type="like"))
+    [push] = fake_push.wait_count(new, 1)  # the gateway now pushes to the new subscription
+    assert push.payload is not None and push.payload["id"] == 5
