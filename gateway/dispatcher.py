@@ -24,6 +24,8 @@ from gateway.webpush import PushAnswer, Verdict
 
 log = logging.getLogger(__name__)
 
+FLUSH_WINDOW = 0.005  # seconds outcomes gather before one transaction records them all
+
 
 class Sender(Protocol):
     async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer: ...
@@ -82,6 +84,8 @@ class Dispatcher:
         self._slots = anyio.Semaphore(settings.concurrency)
         self._in_flight: set[int] = set()
         self._rejected_origins: set[str] = set()
+        self._outcomes: list[Outcome] = []
+        self._outcomes_waiting = anyio.Event()
 
     def wake(self) -> None:
         """Tell the dispatcher new deliveries are waiting (called after ingest)."""
@@ -90,6 +94,7 @@ class Dispatcher:
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_outcomes)
                 while True:
                     free = self._slots.value
                     claims = await self._store.claim(max(free, 1), self._settings.claim_lease) if free else []
@@ -100,7 +105,9 @@ class Dispatcher:
                     if not claims:
                         await self._idle()
         finally:
-            await self._release_in_flight()
+            with anyio.CancelScope(shield=True):
+                await self._flush_outcomes()
+                await self._release_in_flight()
 
     async def _idle(self) -> None:
         """Sleep until woken, until the next delivery is due, or one poll interval."""
@@ -127,16 +134,32 @@ class Dispatcher:
                 answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")
             outcome = decide(claim, answer, self._settings, self._clock(), self._rng)
             self._log(claim, answer, outcome)
-            try:
-                with anyio.CancelScope(shield=True):
-                    await self._store.record([outcome])
-            except Exception:  # the lease expires and the delivery is taken again
-                log.exception("recording the outcome of delivery=%s failed", claim.delivery_id)
-            self._in_flight.discard(claim.delivery_id)
-            if outcome.status == "retry" and outcome.retry_at is not None:
-                self._wake.set()  # the idle timer must account for this retry's due time
+            self._outcomes.append(outcome)
+            self._outcomes_waiting.set()
         finally:
             self._slots.release()
+
+    async def _write_outcomes(self) -> None:
+        """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push."""
+        while True:
+            await self._outcomes_waiting.wait()
+            await anyio.sleep(FLUSH_WINDOW)
+            self._outcomes_waiting = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                await self._flush_outcomes()
+
+    async def _flush_outcomes(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return
+        try:
+            await self._store.record(batch)
+        except Exception:  # their leases expire and the deliveries are taken again
+            log.exception("recording %d outcomes failed", len(batch))
+        for outcome in batch:
+            self._in_flight.discard(outcome.delivery_id)
+        if any(o.status == "retry" for o in batch):
+            self._wake.set()  # the idle timer must account for these retries' due times
 
     async def _release_in_flight(self) -> None:
         if self._in_flight:

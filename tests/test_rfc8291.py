@@ -36,3 +36,19 @@ def test_gateway_encryption_round_trips_through_independent_decryption() -> None
     body = encrypt(b'{"hello": "bob.near"}', browser.p256dh, browser.auth_b64)
     assert decrypt(body, browser.private, browser.auth) == b'{"hello": "bob.near"}'
     assert len(body) == len(b'{"hello": "bob.near"}') + 103
+
+
+def test_gateway_encryption_reproduces_the_rfc_example_byte_for_byte() -> None:
+    sender = ec.derive_private_key(int.from_bytes(b64d("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"),
+                                   ec.SECP256R1())
+    body = encrypt(b"When I grow up, I want to be a watermelon", UA_PUBLIC, AUTH, sender=sender, salt=b64d(SALT))
+    assert b64e(body) == BODY  # the RFC uses rs = 4096, as we do
+
+
+def test_gateway_encryption_interoperates_with_pywebpush_decoding() -> None:
+    import http_ece
+
+    browser = BrowserKeys.new()
+    body = encrypt(b"payload", browser.p256dh, browser.auth_b64)
+    assert http_ece.decrypt(body, private_key=browser.private, auth_secret=browser.auth, version="aes128gcm") == (
+        b"payload")

@@ -319,32 +319,38 @@ class SqliteStore:
         now = self._clock()
 
         def run(c: sqlite3.Connection) -> list[Claim]:
-            rows = c.execute(
+            leased = c.execute(
                 "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN ("
                 " SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ?"
                 " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
-                " RETURNING id, attempts, compact, event_key, stream_id, created_at",
+                " RETURNING id",
                 (now + lease_seconds, now, now, limit),
+            ).fetchall()
+            if not leased:
+                return []
+            ids = [r[0] for r in leased]
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(  # noqa: S608 (only placeholders are interpolated)
+                "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, s.account_id, s.gateway, "
+                "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
+                "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
+                f"WHERE d.id IN ({marks}) ORDER BY d.due_at",
+                ids,
             ).fetchall()
             claims: list[Claim] = []
             orphans: list[int] = []
             for r in rows:
-                joined = c.execute(
-                    "SELECT s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json "
-                    "FROM streams s, events e WHERE s.id = ? AND e.event_key = ?",
-                    (r["stream_id"], r["event_key"]),
-                ).fetchone()
-                if joined is None:
+                if r["account_id"] is None or r["row_json"] is None:
                     orphans.append(r["id"])
                     continue
                 stream = Stream(
                     r["stream_id"],
-                    joined["account_id"],
-                    joined["gateway"],
-                    joined["endpoint"],
-                    joined["endpoint_hash"],
-                    joined["p256dh"],
-                    joined["auth"],
+                    r["account_id"],
+                    r["gateway"],
+                    r["endpoint"],
+                    r["endpoint_hash"],
+                    r["p256dh"],
+                    r["auth"],
                 )
                 claims.append(
                     Claim(
@@ -353,7 +359,7 @@ class SqliteStore:
                         compact=bool(r["compact"]),
                         event_created_at=r["created_at"],
                         stream=stream,
-                        row=json.loads(joined["row_json"]),
+                        row=json.loads(r["row_json"]),
                     )
                 )
             if orphans:
@@ -378,19 +384,19 @@ class SqliteStore:
         now = self._clock()
 
         def run(c: sqlite3.Connection) -> None:
-            for o in outcomes:
-                if o.status == "retry":
-                    c.execute(
-                        "UPDATE deliveries SET due_at = ?, lease_until = NULL, compact = ?, http_status = ?, "
-                        "reason = ? WHERE id = ? AND status = 'pending'",
-                        (o.retry_at or now, int(o.compact), o.http_status, o.reason, o.delivery_id),
-                    )
-                    continue
-                c.execute(
-                    "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, "
-                    "reason = ? WHERE id = ? AND status = 'pending'",
-                    (o.status, now, o.http_status, o.reason, o.delivery_id),
-                )
+            retries = [o for o in outcomes if o.status == "retry"]
+            finished = [o for o in outcomes if o.status != "retry"]
+            c.executemany(
+                "UPDATE deliveries SET due_at = ?, lease_until = NULL, compact = ?, http_status = ?, "
+                "reason = ? WHERE id = ? AND status = 'pending'",
+                [(o.retry_at or now, int(o.compact), o.http_status, o.reason, o.delivery_id) for o in retries],
+            )
+            c.executemany(
+                "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, "
+                "reason = ? WHERE id = ? AND status = 'pending'",
+                [(o.status, now, o.http_status, o.reason, o.delivery_id) for o in finished],
+            )
+            for o in finished:
                 if o.status == "gone" and o.endpoint_hash:
                     _delete_streams(c, o.endpoint_hash, None, now)
 
