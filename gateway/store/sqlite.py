@@ -330,7 +330,7 @@ class SqliteStore:
                 return []
             ids = [r[0] for r in leased]
             marks = ",".join("?" * len(ids))
-            rows = c.execute(  # noqa: S608 (only placeholders are interpolated)
+            rows = c.execute(
                 "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, s.account_id, s.gateway, "
                 "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
                 "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
