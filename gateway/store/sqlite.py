@@ -95,6 +95,15 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+# The claimed deliveries with their stream and event (only "?" placeholders are formatted in).
+_CLAIMED = (
+    "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, s.account_id, s.gateway, "
+    "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
+    "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
+    "WHERE d.id IN ({marks}) ORDER BY d.due_at"
+)
+
+
 def utc_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
