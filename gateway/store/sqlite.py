@@ -339,13 +339,7 @@ class SqliteStore:
                 return []
             ids = [r[0] for r in leased]
             marks = ",".join("?" * len(ids))
-            rows = c.execute(
-                "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, s.account_id, s.gateway, "
-                "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
-                "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
-                f"WHERE d.id IN ({marks}) ORDER BY d.due_at",
-                ids,
-            ).fetchall()
+            rows = c.execute(_CLAIMED.format(marks=marks), ids).fetchall()  # noqa: S608 (only "?" placeholders)
             claims: list[Claim] = []
             orphans: list[int] = []
             for r in rows:
