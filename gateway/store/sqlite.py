@@ -339,7 +339,7 @@ class SqliteStore:
                 return []
             ids = [r[0] for r in leased]
             marks = ",".join("?" * len(ids))
-            rows = c.execute(_CLAIMED.format(marks=marks), ids).fetchall()  # noqa: S608 (only "?" placeholders)
+            rows = c.execute(_CLAIMED.format(marks=marks), ids).fetchall()
             claims: list[Claim] = []
             orphans: list[int] = []
             for r in rows:
