@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
@@ -25,6 +26,9 @@ from gateway.webpush import PushAnswer, Verdict
 log = logging.getLogger(__name__)
 
 FLUSH_WINDOW = 0.005  # seconds outcomes gather before one transaction records them all
+CLAIM_BATCH = 256  # most deliveries taken in one claim
+CLAIM_BATCH_MIN = 16  # with a backlog, wait for this many free slots before claiming...
+CLAIM_GATHER = 0.005  # ...but no longer than this (seconds)
 
 
 class Sender(Protocol):
@@ -92,32 +96,50 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
+        send, receive = anyio.create_memory_object_stream[Claim](self._settings.concurrency)
         try:
-            async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg, send, receive:
                 tg.start_soon(self._write_outcomes)
+                for _ in range(self._settings.concurrency):  # a fixed pool: no task per push
+                    tg.start_soon(self._work, receive.clone())
+                backlog = False
                 while True:
-                    free = self._slots.value
-                    claims = await self._store.claim(max(free, 1), self._settings.claim_lease) if free else []
-                    for claim in claims:
-                        await self._slots.acquire()
+                    await self._slots.acquire()  # wait for room: a push finishing frees a slot at once
+                    if backlog:  # deliveries are waiting: let a few slots free up, claim them together
+                        with anyio.move_on_after(CLAIM_GATHER):
+                            while self._slots.value + 1 < CLAIM_BATCH_MIN:
+                                await anyio.sleep(CLAIM_GATHER / 5)
+                    want = min(1 + self._slots.value, CLAIM_BATCH)
+                    try:
+                        claims = await self._store.claim(want, self._settings.claim_lease)
+                    except Exception:  # the store is briefly unavailable: back off, keep running
+                        log.exception("claiming deliveries failed")
+                        claims = []
+                    backlog = len(claims) == want
+                    for i, claim in enumerate(claims):
+                        if i:
+                            await self._slots.acquire()
                         self._in_flight.add(claim.delivery_id)
-                        tg.start_soon(self._deliver, claim)
+                        await send.send(claim)
                     if not claims:
+                        self._slots.release()
                         await self._idle()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
                 await self._release_in_flight()
 
+    async def _work(self, claims: MemoryObjectReceiveStream[Claim]) -> None:
+        async with claims:
+            async for claim in claims:
+                await self._deliver(claim)
+
     async def _idle(self) -> None:
         """Sleep until woken, until the next delivery is due, or one poll interval."""
         timeout = self._settings.poll_interval
-        if self._slots.value:
-            due = await self._store.next_due_at()
-            if due is not None:
-                timeout = min(timeout, max(0.0, due - self._clock()))
-        else:
-            timeout = min(timeout, 0.05)  # all slots busy: look again as soon as one frees
+        due = await self._store.next_due_at()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self._clock()))
         if timeout > 0:
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
@@ -168,10 +190,12 @@ class Dispatcher:
             self._in_flight.clear()
 
     def _log(self, claim: Claim, answer: PushAnswer, outcome: Outcome) -> None:
-        where = redact(claim.stream.endpoint)
         if outcome.status == "sent":
-            log.debug("push sent delivery=%s endpoint=%s", claim.delivery_id, where)
-        elif outcome.status == "rejected":
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("push sent delivery=%s endpoint=%s", claim.delivery_id, redact(claim.stream.endpoint))
+            return
+        where = redact(claim.stream.endpoint)
+        if outcome.status == "rejected":
             origin = origin_of(claim.stream.endpoint)
             if origin not in self._rejected_origins:
                 self._rejected_origins.add(origin)

@@ -9,6 +9,7 @@ explicitly (local push services and tests).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -86,6 +87,7 @@ def endpoint_hash(endpoint: str) -> str:
     return hashlib.sha256(endpoint.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=65536)
 def origin_of(endpoint: str) -> str:
     """``scheme://host[:port]`` — the VAPID ``aud`` and the unit of per-service concurrency."""
     parts = urlsplit(endpoint)

@@ -1,4 +1,4 @@
-"""The Web Push boundary: the only importer of aiohttp and of the push crypto.
+"""The Web Push boundary: VAPID, encryption, sending, and what push services' answers mean.
 
 - VAPID (RFC 8292): the ES256 key pair lives in one file (PEM, or a raw base64url private key as
   web-push/py-vapid tools print it, so an existing deployment keeps its public key). One signed JWT
@@ -6,19 +6,20 @@
 - Encryption (RFC 8291, aes128gcm) is written here on ``cryptography`` primitives: the same
   algorithm as pywebpush's ``WebPusher.encode``, at a fraction of its Python overhead
   (bench/README.md), checked byte for byte against the RFC 8291 example.
-- Sending: one aiohttp session, bounded concurrency per origin, no redirects followed (a redirect
-  could lead off the allow-list), and every answer classified into a ``Verdict``.
+- Sending: gateway.http1 (a small HTTP/1.1 keep-alive client), bounded concurrency per origin, no
+  redirects followed (a redirect could lead off the allow-list), every answer classified into a
+  ``Verdict``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import hashlib
 import hmac
 import json
 import os
+import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import aiohttp
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.endpoints import origin_of
 from gateway.exceptions import VapidKeyError
+from gateway.http1 import Http1Client, HttpError
 from gateway.models import b64url_decode, b64url_encode
 
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
@@ -219,49 +220,36 @@ class PushClient:
         urgency: str,
         timeout: float,
         concurrency_per_origin: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._signer = signer
         self._ttl = str(ttl)
         self._urgency = urgency
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._per_origin = concurrency_per_origin
-        self._limits: dict[str, asyncio.Semaphore] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = timeout
+        self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls)
 
     async def __aenter__(self) -> PushClient:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_origin, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=["User-Agent"]
-        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer:
-        if self._session is None:
-            raise RuntimeError("PushClient used outside 'async with'")
-        origin = origin_of(endpoint)
         body = encrypt(plaintext, p256dh, auth)
         headers = {
-            "Authorization": self._signer.authorization(origin),
+            "Authorization": self._signer.authorization(origin_of(endpoint)),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
             "TTL": self._ttl,
             "Urgency": self._urgency,
         }
-        limit = self._limits.setdefault(origin, asyncio.Semaphore(self._per_origin))
-        async with limit:
-            try:
-                async with self._session.post(endpoint, data=body, headers=headers, allow_redirects=False) as response:
-                    text = (await response.content.read(512)).decode("utf-8", "replace")
-                    status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            except TimeoutError:
-                return PushAnswer(Verdict.RETRY, None, None, "timeout")
-            except aiohttp.ClientError as exc:
-                return PushAnswer(Verdict.RETRY, None, None, f"connection error: {type(exc).__name__}")
-        detail = " ".join(text.split())[:200]
+        try:
+            answer = await self._http.post(endpoint, headers, body, self._timeout)
+        except TimeoutError:
+            return PushAnswer(Verdict.RETRY, None, None, "timeout")
+        except HttpError as exc:
+            return PushAnswer(Verdict.RETRY, None, None, f"connection error: {exc}")
+        retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time())
+        detail = " ".join(answer.body[:512].decode("utf-8", "replace").split())[:200]
+        status = answer.status
         return PushAnswer(classify(status), status, retry_after, f"HTTP {status} {detail}".strip())

@@ -92,6 +92,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # The claim must walk the pending rows by due time, not sort them all: the finished-rows
+        # index (status, finished_at) tempted the planner into a full sort of the backlog.
+        "0002_claim_by_due_time",
+        """
+        DROP INDEX deliveries_finished;
+        CREATE INDEX deliveries_finished ON deliveries (finished_at) WHERE status != 'pending';
+        DROP INDEX deliveries_due;
+        CREATE INDEX deliveries_due ON deliveries (due_at, lease_until) WHERE status = 'pending';
+        """,
+    ),
 ]
 
 
