@@ -30,7 +30,8 @@ def proc_rss_mb(pid: int) -> float:
 
 
 class GatewayProc:
-    def __init__(self, push_prefixes: list[str], *, db: str | None = None, extra_toml: str = "") -> None:
+    def __init__(self, push_prefixes: list[str], *, db: str | None = None, extra_toml: str = "",
+                 push_toml: str = "") -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-gw-")
         self.db = db or os.path.join(self.dir, "gw.db")
         config = Path(self.dir) / "gateway.toml"
@@ -46,6 +47,7 @@ private_key_file = "{self.dir}/vapid.pem"
 subject = "mailto:bench@gateway.test"
 [push]
 allowed_endpoints = [{allowed}]
+{push_toml}
 [ingest]
 token = "{TOKEN}"
 max_batch = 100000

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_WINDOW = 0.005  # seconds outcomes gather before one transaction records them all
 CLAIM_BATCH = 256  # most deliveries taken in one claim
+PAYLOAD_CACHE = 4096  # payloads kept for the other streams of the same event
 CLAIM_BATCH_MIN = 16  # with a backlog, wait for this many free slots before claiming...
 CLAIM_GATHER = 0.005  # ...but no longer than this (seconds)
 
@@ -89,6 +90,7 @@ class Dispatcher:
         self._in_flight: set[int] = set()
         self._rejected_origins: set[str] = set()
         self._outcomes: list[Outcome] = []
+        self._payloads: dict[tuple[str, str, bool], bytes] = {}  # one build per (event, gateway, form)
         self._outcomes_waiting = anyio.Event()
 
     def wake(self) -> None:
@@ -105,10 +107,8 @@ class Dispatcher:
                 backlog = False
                 while True:
                     await self._slots.acquire()  # wait for room: a push finishing frees a slot at once
-                    if backlog:  # deliveries are waiting: let a few slots free up, claim them together
-                        with anyio.move_on_after(CLAIM_GATHER):
-                            while self._slots.value + 1 < CLAIM_BATCH_MIN:
-                                await anyio.sleep(CLAIM_GATHER / 5)
+                    if backlog and self._slots.value + 1 < CLAIM_BATCH_MIN:
+                        await anyio.sleep(CLAIM_GATHER)  # a backlog: let more slots free up, claim them together
                     want = min(1 + self._slots.value, CLAIM_BATCH)
                     try:
                         claims = await self._store.claim(want, self._settings.claim_lease)
@@ -149,7 +149,7 @@ class Dispatcher:
         try:
             stream = claim.stream
             try:
-                plaintext = build_payload(claim.row, gateway=stream.gateway, links=self._links, compact=claim.compact)
+                plaintext = self._payload(claim)
                 answer = await self._sender.send(stream.endpoint, stream.p256dh, stream.auth, plaintext)
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
@@ -160,6 +160,16 @@ class Dispatcher:
             self._outcomes_waiting.set()
         finally:
             self._slots.release()
+
+    def _payload(self, claim: Claim) -> bytes:
+        key = (claim.event_key, claim.stream.gateway, claim.compact)
+        cached = self._payloads.get(key) if claim.event_key else None
+        if cached is None:
+            cached = build_payload(claim.row, gateway=claim.stream.gateway, links=self._links, compact=claim.compact)
+            if len(self._payloads) >= PAYLOAD_CACHE:
+                self._payloads.clear()
+            self._payloads[key] = cached
+        return cached
 
     async def _write_outcomes(self) -> None:
         """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push."""

@@ -198,7 +198,8 @@ class Claim:
     compact: bool
     event_created_at: float
     stream: Stream
-    row: dict[str, Any]
+    row: dict[str, Any]  # shared by the claims of one event: read, never modified
+    event_key: str = ""
 
 
 @dataclass

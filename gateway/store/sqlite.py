@@ -108,7 +108,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 # The claimed deliveries with their stream and event (only "?" placeholders are formatted in).
 _CLAIMED = (
-    "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, s.account_id, s.gateway, "
+    "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, s.account_id, s.gateway, "
     "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
     "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
     "WHERE d.id IN ({marks}) ORDER BY d.due_at"
@@ -353,6 +353,7 @@ class SqliteStore:
             rows = c.execute(_CLAIMED.format(marks=marks), ids).fetchall()
             claims: list[Claim] = []
             orphans: list[int] = []
+            events: dict[str, dict[str, Any]] = {}  # one parse per event, however many streams
             for r in rows:
                 if r["account_id"] is None or r["row_json"] is None:
                     orphans.append(r["id"])
@@ -373,7 +374,8 @@ class SqliteStore:
                         compact=bool(r["compact"]),
                         event_created_at=r["created_at"],
                         stream=stream,
-                        row=json.loads(r["row_json"]),
+                        row=events.get(r["event_key"]) or events.setdefault(r["event_key"], json.loads(r["row_json"])),
+                        event_key=r["event_key"],
                     )
                 )
             if orphans:
