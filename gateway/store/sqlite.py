@@ -103,6 +103,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_due ON deliveries (due_at, lease_until) WHERE status = 'pending';
         """,
     ),
+    (
+        # No query reads it, and every finished push paid to maintain it.
+        "0003_drop_unused_endpoint_index",
+        "DROP INDEX deliveries_by_endpoint;",
+    ),
 ]
 
 
