@@ -39,8 +39,9 @@ def test_gateway_encryption_round_trips_through_independent_decryption() -> None
 
 
 def test_gateway_encryption_reproduces_the_rfc_example_byte_for_byte() -> None:
-    sender = ec.derive_private_key(int.from_bytes(b64d("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"),
-                                   ec.SECP256R1())
+    sender = ec.derive_private_key(
+        int.from_bytes(b64d("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"), ec.SECP256R1()
+    )
     body = encrypt(b"When I grow up, I want to be a watermelon", UA_PUBLIC, AUTH, sender=sender, salt=b64d(SALT))
     assert b64e(body) == BODY  # the RFC uses rs = 4096, as we do
 
@@ -51,4 +52,5 @@ def test_gateway_encryption_interoperates_with_pywebpush_decoding() -> None:
     browser = BrowserKeys.new()
     body = encrypt(b"payload", browser.p256dh, browser.auth_b64)
     assert http_ece.decrypt(body, private_key=browser.private, auth_secret=browser.auth, version="aes128gcm") == (
-        b"payload")
+        b"payload"
+    )

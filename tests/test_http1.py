@@ -1,0 +1,160 @@
+"""The dispatcher's HTTP/1.1 client against a raw local server that answers exactly as scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.http1 import Http1Client, HttpError
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Reply = Callable[[bytes, int], Awaitable[bytes | None]]  # (request, n-th on this connection) -> bytes or None=close
+
+
+async def serve(reply: Reply, tls: ssl.SSLContext | None = None) -> tuple[asyncio.Server, str, dict[str, Any]]:
+    stats: dict[str, Any] = {"connections": 0, "requests": [], "writers": [], "tasks": []}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stats["connections"] += 1
+        stats["writers"].append(writer)
+        current = asyncio.current_task()
+        if current is not None:
+            stats["tasks"].append(current)
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
+                request = head + await reader.readexactly(length)
+                stats["requests"].append(request)
+                answer = await reply(request, n)
+                n += 1
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if answer.startswith(b"HTTP/1.0") or b"Connection: close" in answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}", stats
+
+
+async def stop(server: asyncio.Server, stats: dict[str, Any]) -> None:
+    """Close the listener and every connection it accepted."""
+    server.close()
+    for writer in stats["writers"]:
+        writer.close()
+    await asyncio.wait(stats["tasks"], timeout=6)
+    await server.wait_closed()
+
+
+def fixed(answer: bytes) -> Reply:
+    async def reply(request: bytes, n: int) -> bytes | None:
+        return answer
+
+    return reply
+
+
+async def test_keeps_the_connection_alive_and_sends_the_request_as_given() -> None:
+    server, url, stats = await serve(fixed(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
+    client = Http1Client(concurrency_per_origin=4)
+    for _ in range(3):
+        answer = await client.post(f"{url}/push/abc?x=1", {"TTL": "60", "Urgency": "high"}, b"body", 5)
+        assert answer.status == 201 and answer.body == b""
+    assert stats["connections"] == 1
+    first = stats["requests"][0]
+    assert first.startswith(b"POST /push/abc?x=1 HTTP/1.1\r\n") and b"\r\nTTL: 60\r\n" in first
+    assert first.endswith(b"\r\n\r\nbody") and b"Content-Length: 4" in first
+    await client.aclose()
+    await stop(server, stats)
+
+
+async def test_reads_chunked_and_close_delimited_bodies() -> None:
+    chunked = b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    server, url, stats = await serve(fixed(chunked))
+    client = Http1Client(concurrency_per_origin=4)
+    answer = await client.post(f"{url}/p", {}, b"", 5)
+    assert (answer.status, answer.body) == (400, b"hello world")
+    await stop(server, stats)
+
+    async def close_delimited(request: bytes, n: int) -> bytes | None:
+        return b"HTTP/1.0 410 Gone\r\nRetry-After: 7\r\n\r\nsubscription expired"
+
+    server, url, stats = await serve(close_delimited)  # closes after writing: the body ends with the connection
+    answer = await client.post(f"{url}/p", {}, b"", 5)
+    assert (answer.status, answer.headers["retry-after"], answer.body) == (410, "7", b"subscription expired")
+    await client.aclose()
+    await stop(server, stats)
+
+
+async def test_a_stale_idle_connection_is_replaced_once() -> None:
+    async def one_per_connection(request: bytes, n: int) -> bytes | None:
+        return b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n" if n == 0 else None
+
+    server, url, stats = await serve(one_per_connection)
+    client = Http1Client(concurrency_per_origin=4)
+    assert (await client.post(f"{url}/p", {}, b"a", 5)).status == 201
+    assert (await client.post(f"{url}/p", {}, b"b", 5)).status == 201  # the kept connection was dead
+    assert stats["connections"] == 2
+    await client.aclose()
+    await stop(server, stats)
+
+
+async def test_malformed_answers_and_timeouts_raise() -> None:
+    server, url, stats = await serve(fixed(b"SMTP 220 hello\r\n\r\n"))
+    client = Http1Client(concurrency_per_origin=4)
+    with pytest.raises(HttpError, match="malformed status line"):
+        await client.post(f"{url}/p", {}, b"", 5)
+    await stop(server, stats)
+
+    async def slow(request: bytes, n: int) -> bytes | None:
+        await asyncio.sleep(1)
+        return None
+
+    server, url, stats = await serve(slow)
+    with pytest.raises(TimeoutError):
+        await client.post(f"{url}/p", {}, b"", 0.2)
+    await stop(server, stats)
+    with pytest.raises(HttpError, match="cannot connect"):
+        await client.post("http://127.0.0.1:9/p", {}, b"", 2)
+    await client.aclose()
+
+
+async def test_tls_is_verified() -> None:
+    from bench.fakepush import self_signed
+
+    cert, key = self_signed(tempfile.mkdtemp())
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server, url, stats = await serve(fixed(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"), tls=server_ctx)
+    trusting = Http1Client(concurrency_per_origin=2, tls=ssl.create_default_context(cafile=cert))
+    assert (await trusting.post(f"{url}/p", {}, b"x", 5)).status == 201
+    default = Http1Client(concurrency_per_origin=2)  # the system's CAs: a self-signed certificate is refused
+    with pytest.raises(HttpError, match="cannot connect"):
+        await default.post(f"{url}/p", {}, b"x", 5)
+    await trusting.aclose()
+    await default.aclose()
+    await stop(server, stats)
