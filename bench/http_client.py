@@ -1,10 +1,10 @@
-"""Client CPU per push-sized POST: aiohttp vs httpx, same server, same run.
+"""Client CPU per push-sized POST: gateway.http1 vs aiohttp vs httpx, same server, same run.
 
 The dispatcher's HTTP client is a performance decision (design.md): this measures the client's
 own CPU time (process_time of the client process) for N POSTs of a 4 KiB body at a fixed
 concurrency against a minimal HTTP/1.1 server running in a separate process.
 
-    .venv/bin/python bench/http_client.py [N] [CONCURRENCY]
+    .venv/bin/python -m bench.http_client [N] [CONCURRENCY]
 """
 
 from __future__ import annotations
@@ -53,6 +53,18 @@ async def run_aiohttp(url: str, n: int, concurrency: int) -> None:
         await asyncio.gather(*(one() for _ in range(n)))
 
 
+async def run_http1(url: str, n: int, concurrency: int) -> None:
+    from gateway.http1 import Http1Client
+
+    client = Http1Client(concurrency_per_origin=concurrency)
+
+    async def one() -> None:
+        await client.post(url, {"TTL": "60"}, BODY, 10)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    await client.aclose()
+
+
 async def run_httpx(url: str, n: int, concurrency: int) -> None:
     import httpx
 
@@ -79,14 +91,15 @@ def main() -> None:
     print(f"{n} POSTs of {len(BODY)} bytes, concurrency {concurrency}")
     print(f"{'client':8} {'wall s':>8} {'req/s':>8} {'client CPU µs/req':>18}")
     results = {}
-    for name, fn in (("aiohttp", run_aiohttp), ("httpx", run_httpx)):
+    for name, fn in (("http1", run_http1), ("aiohttp", run_aiohttp), ("httpx", run_httpx)):
         asyncio.run(fn(url, 200, concurrency))  # warm up
         cpu0, wall0 = time.process_time(), time.perf_counter()
         asyncio.run(fn(url, n, concurrency))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         results[name] = cpu / n
         print(f"{name:8} {wall:8.2f} {n / wall:8.0f} {cpu / n * 1e6:18.1f}")
-    print(f"httpx ÷ aiohttp client CPU per request: {results['httpx'] / results['aiohttp']:.1f}×")
+    print(f"aiohttp ÷ http1 client CPU per request: {results['aiohttp'] / results['http1']:.1f}×")
+    print(f"httpx ÷ http1 client CPU per request: {results['httpx'] / results['http1']:.1f}×")
     server.terminate()
 
 
