@@ -30,8 +30,9 @@ def proc_rss_mb(pid: int) -> float:
 
 
 class GatewayProc:
-    def __init__(self, push_prefixes: list[str], *, db: str | None = None, extra_toml: str = "",
-                 push_toml: str = "") -> None:
+    def __init__(
+        self, push_prefixes: list[str], *, db: str | None = None, extra_toml: str = "", push_toml: str = ""
+    ) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-gw-")
         self.db = db or os.path.join(self.dir, "gw.db")
         config = Path(self.dir) / "gateway.toml"

@@ -77,6 +77,27 @@ class GatewayProcess:
         return code
 
 
+def write_config(tmp_path: Path, fake_push: FakePushService, push: str, rest: str = "") -> Path:
+    """A config for a gateway subprocess on its own database and key, pushing to the fake service."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[storage]
+url = "sqlite:///{tmp_path / "gw.db"}"
+[vapid]
+private_key_file = "{tmp_path / "vapid.pem"}"
+subject = "mailto:ops@gateway.test"
+[push]
+allowed_endpoints = ["{fake_push.url}/"]
+{push}
+[matching]
+max_per_endpoint_per_day = 0
+{rest}
+"""
+    )
+    return config
+
+
 @pytest.fixture
 def procs() -> Iterator[list[GatewayProcess]]:
     started: list[GatewayProcess] = []
@@ -112,25 +133,11 @@ def test_serve_without_config_uses_embedded_defaults(tmp_path: Path, procs: list
 def test_kill_9_with_deliveries_in_flight_loses_nothing(
     tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
 ) -> None:
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[storage]
-url = "sqlite:///{tmp_path / "gw.db"}"
-[vapid]
-private_key_file = "{tmp_path / "vapid.pem"}"
-subject = "mailto:ops@gateway.test"
-[push]
-allowed_endpoints = ["{fake_push.url}/"]
-concurrency = 4
-claim_lease = 2.0
-retry_initial_delay = 0.2
-poll_interval = 0.2
-[ingest]
-token = "{INGEST_TOKEN}"
-[matching]
-max_per_endpoint_per_day = 0
-"""
+    config = write_config(
+        tmp_path,
+        fake_push,
+        "concurrency = 4\nclaim_lease = 2.0\nretry_initial_delay = 0.2\npoll_interval = 0.2",
+        f'[ingest]\ntoken = "{INGEST_TOKEN}"',
     )
     subs = [fake_push.subscribe() for _ in range(3)]
     for sub in subs:
@@ -190,29 +197,18 @@ def test_kill_9_while_a_watcher_streams_loses_nothing_and_doubles_nothing(
     rows = [row(n, f"acc{n % 4}.near", blockHeight=130000000 + n // 3) for n in range(1, 241)]
     source = GraphQLWsServer(rows)
     source.gate.close()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[storage]
-url = "sqlite:///{tmp_path / "gw.db"}"
-[vapid]
-private_key_file = "{tmp_path / "vapid.pem"}"
-subject = "mailto:ops@gateway.test"
-[push]
-allowed_endpoints = ["{fake_push.url}/"]
-concurrency = 8
-claim_lease = 2.0
-poll_interval = 0.2
-[matching]
-max_per_endpoint_per_day = 0
-[[watchers]]
+    config = write_config(
+        tmp_path,
+        fake_push,
+        "concurrency = 8\nclaim_lease = 2.0\npoll_interval = 0.2",
+        f"""[[watchers]]
 name = "queryapi"
 kind = "queryapi"
 url = "{source.url}"
 start_block_height = 130000000
 batch_size = 4
 reconnect_initial_delay = 0.2
-"""
+""",
     )
     subs = [fake_push.subscribe() for _ in range(4)]
     for sub in subs:

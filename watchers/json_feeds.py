@@ -46,6 +46,19 @@ class _FeedWatcher(Watcher):
         super().__init__(settings, sink)
         self.cursor_value = settings.start_cursor
 
+    async def _resume(self, start_cursor: str) -> None:
+        """Pick up the stored cursor (or the configured start) at the beginning of a session."""
+        self.cursor_value = await self.sink.cursor(self.name) or start_cursor
+        self.state.cursor = self.cursor_value
+
+    async def _accept_page(self, payload: Any, rows: str, mapping: dict[str, str]) -> bool:
+        """Decode one frame/page, store its events with the new cursor; True when the cursor moved."""
+        decoded, cursor = self._decode(payload, rows, mapping)
+        await self.accept(decoded, cursor=cursor)
+        if cursor is not None:
+            self.cursor_value = cursor
+        return cursor is not None
+
     def _decode(self, payload: Any, rows: str, mapping: dict[str, str]) -> tuple[Decoded, str | None]:
         decoded = decode_json_rows(payload, source=self.name, rows=rows, mapping=mapping)
         height = decoded.max_block_height
@@ -64,8 +77,7 @@ class WebsocketJsonWatcher(_FeedWatcher):
 
     async def _session(self) -> None:
         s = self.settings
-        self.cursor_value = await self.sink.cursor(self.name) or s.start_cursor
-        self.state.cursor = self.cursor_value
+        await self._resume(s.start_cursor)
         mapping = s.mapping.model_dump()
         async with open_socket(s.url, read_timeout=s.read_timeout, ping_interval=s.ping_interval) as ws:
             if s.subscribe is not None:
@@ -76,10 +88,7 @@ class WebsocketJsonWatcher(_FeedWatcher):
                 if fault is not None:
                     await self.accept(Decoded("unknown", faults=[fault]))
                     continue
-                decoded, cursor = self._decode(payload, s.rows, mapping)
-                await self.accept(decoded, cursor=cursor)
-                if cursor is not None:
-                    self.cursor_value = cursor
+                await self._accept_page(payload, s.rows, mapping)
 
 
 class HttpPollJsonWatcher(_FeedWatcher):
@@ -91,8 +100,7 @@ class HttpPollJsonWatcher(_FeedWatcher):
 
     async def _session(self) -> None:
         s = self.settings
-        self.cursor_value = await self.sink.cursor(self.name) or s.start_cursor
-        self.state.cursor = self.cursor_value
+        await self._resume(s.start_cursor)
         mapping = s.mapping.model_dump()
         http = JsonHttp(s.request_timeout, 1)
         try:
@@ -100,12 +108,8 @@ class HttpPollJsonWatcher(_FeedWatcher):
                 body = fill(s.body, self.cursor_value) if s.method == "POST" else None
                 payload = await http.request(s.method, fill(s.url, self.cursor_value), body)
                 self.state.connected = True
-                decoded, cursor = self._decode(payload, s.rows, mapping)
-                await self.accept(decoded, cursor=cursor)
-                if cursor is not None:
-                    self.cursor_value = cursor
-                else:  # nothing new: wait; new rows: ask again at once to catch up
-                    await anyio.sleep(s.interval)
+                if not await self._accept_page(payload, s.rows, mapping):
+                    await anyio.sleep(s.interval)  # nothing new: wait; new rows: ask again at once to catch up
         finally:
             with anyio.CancelScope(shield=True):
                 await http.aclose()
