@@ -9,6 +9,7 @@ with a cap on how many are open; TLS uses the default verified context. Redirect
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -163,6 +164,13 @@ class _Origin:
         return conn
 
 
+@functools.lru_cache(maxsize=65536)
+def _split(url: str) -> tuple[str, str, str]:
+    """(scheme, netloc, request target) of a URL; push endpoints repeat, so parse each once."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 class Http1Client:
     def __init__(self, *, concurrency_per_origin: int, tls: ssl.SSLContext | None = None) -> None:
         self._limit = concurrency_per_origin
@@ -180,9 +188,8 @@ class Http1Client:
         return origin
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Answer:  # noqa: ASYNC109
-        parts = urlsplit(url)
-        origin = self._origin(parts.scheme, parts.netloc)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        scheme, netloc, target = _split(url)
+        origin = self._origin(scheme, netloc)
         head = [f"POST {target} HTTP/1.1", f"Host: {origin.host_header}", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
