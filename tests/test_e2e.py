@@ -147,3 +147,37 @@ def test_daily_cap_limits_pushes_per_endpoint(start_gateway: Any, fake_push: Fak
         conn.execute("UPDATE endpoint_daily SET day = '2000-01-01'")
     assert gw.ingest(row(5)).json()["deliveries"] == 1
     assert len(fake_push.wait_count(sub, 3)) == 3
+
+
+def test_end_to_end_on_postgresql(start_gateway: Any, fake_push: FakePushService) -> None:
+    import asyncio
+    import uuid
+
+    import asyncpg
+    import pytest
+
+    from tests.test_store import POSTGRES_URL, _postgres_reachable
+
+    reason = asyncio.run(_postgres_reachable())
+    if reason:
+        pytest.skip(reason)
+    schema = f"gw_e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        gw = start_gateway(storage={"url": f"{POSTGRES_URL}?schema={schema}"})
+        sub = subscribe(gw, fake_push, "bob.near")
+        subscribe(gw, fake_push, "bob.near", sub=sub)  # idempotent
+        assert gw.ingest([row(1), row(1), row(2, value_type="poke")]).json()["deliveries"] == 2
+        pushes = fake_push.wait_count(sub, 2)
+        assert sorted(p.payload["id"] for p in pushes if p.payload) == [1, 2]
+        assert fake_push.wait_for(lambda: gw.http.get("/healthz").json().get("deliveries_sent") == 2, 5)
+        assert gw.post("/subscriptions/delete", {"endpoint": sub.endpoint}).status_code == 204
+        assert gw.http.get("/healthz").json()["streams"] == 0
+        gw.stop()
+    finally:
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(POSTGRES_URL)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+        asyncio.run(drop())

@@ -1,15 +1,24 @@
-"""The Store contract, exercised directly (the same tests will run against every store)."""
+"""The Store contract, exercised directly against every store: SQLite and PostgreSQL.
+
+The PostgreSQL run needs a server (GATEWAY_TEST_POSTGRES_URL, default the machine's local one); each
+test gets its own schema, dropped afterwards, so runs never collide. It skips, saying why, only when
+no server answers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.endpoints import endpoint_hash
 from gateway.models import Event, MatchPolicy
-from gateway.store.base import Outcome
+from gateway.store.base import Outcome, Store
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Clock, row
 
@@ -26,14 +35,46 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
+async def _postgres_reachable() -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); set GATEWAY_TEST_POSTGRES_URL"
+    await conn.close()
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def make_store(request: Any, tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[[], Store]]:
+    """A factory of stores on one database: each call is another process's view of the same data."""
+    if request.param == "sqlite":
+        yield lambda: SqliteStore(str(tmp_path / "s.db"), clock=clock)
+        return
+    reason = await _postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    import asyncpg
+
+    schema = f"gw_test_{uuid.uuid4().hex[:12]}"
+    yield lambda: PostgresStore(f"{POSTGRES_URL}?schema={schema}", clock=clock)
+    conn = await asyncpg.connect(POSTGRES_URL)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+
+
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "s.db"), clock=clock)
+async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    s = make_store()
     await s.open()
     yield s
     await s.close()
@@ -44,15 +85,53 @@ def event(n: int, receiver: str = "bob.near", value_type: str = "like") -> Event
     return Event(f"t:{n}", "t", receiver, value_type, r["blockHeight"], r)
 
 
-async def test_reopening_applies_migrations_once(tmp_path: Path) -> None:
+async def test_reopening_applies_migrations_once(make_store: Callable[[], Store]) -> None:
     for _ in range(2):
-        s = SqliteStore(str(tmp_path / "m.db"))
+        s = make_store()
         await s.open()
         assert await s.counts() == {"streams": 0, "accounts": 0}
         await s.close()
 
 
-async def test_ingest_writes_deliveries_and_cursor_together(store: SqliteStore) -> None:
+async def test_a_claimed_delivery_is_not_claimed_by_another_process(make_store: Callable[[], Store]) -> None:
+    a, b = make_store(), make_store()
+    await a.open()
+    await b.open()
+    try:
+        await a.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+        await a.ingest([event(n) for n in range(1, 7)], MatchPolicy())
+        first = await a.claim(4, 30)
+        second = await b.claim(10, 30)
+        assert len(first) == 4 and len(second) == 2
+        assert not {c.delivery_id for c in first} & {c.delivery_id for c in second}
+        assert await b.claim(10, 30) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_streams_accounts_and_preferences(store: Store) -> None:
+    assert await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH) is True
+    assert await store.upsert_stream("bob.near", "https://near.social", E1, P256DH, AUTH) is False
+    await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+    assert await store.accounts() == ["bob.near", "carol.near"]
+    assert await store.set_preference("bob.near", E1, "like", True) is True
+    assert await store.set_preference("mallory.near", E1, "like", True) is False
+    result = await store.ingest([event(1, value_type="like"), event(2, value_type="poke")], MatchPolicy())
+    assert result.deliveries == 1 and result.skipped == {"blocked_by_preference": 1}
+    [claim] = await store.claim(10, 30)
+    assert claim.stream.gateway == "https://near.social" and claim.row["valueType"] == "poke"
+    assert await store.set_preference("bob.near", E1, "like", False) is True
+    assert (await store.ingest([event(3, value_type="like")], MatchPolicy())).deliveries == 1
+
+
+async def test_daily_cap_counts_per_endpoint(store: Store) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    result = await store.ingest([event(n) for n in range(1, 5)], MatchPolicy(max_per_endpoint_per_day=2))
+    assert result.deliveries == 2 and result.skipped == {"daily_cap": 2}
+
+
+async def test_ingest_writes_deliveries_and_cursor_together(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     result = await store.ingest([event(1), event(2)], MatchPolicy(), cursor=("queryapi", "130000002"))
     assert (result.new_events, result.deliveries) == (2, 2)
@@ -62,7 +141,7 @@ async def test_ingest_writes_deliveries_and_cursor_together(store: SqliteStore) 
     assert await store.get_cursor("queryapi") == "130000003"
 
 
-async def test_ingest_failure_rolls_back_events_and_cursor(store: SqliteStore) -> None:
+async def test_ingest_failure_rolls_back_events_and_cursor(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     bad = Event("t:2", "t", "bob.near", "like", 1, {"unserialisable": object()})
     with pytest.raises(TypeError):
@@ -71,7 +150,7 @@ async def test_ingest_failure_rolls_back_events_and_cursor(store: SqliteStore) -
     assert (await store.ingest([event(1)], MatchPolicy())).deliveries == 1  # event 1 was not kept
 
 
-async def test_claim_leases_and_an_expired_lease_is_claimed_again(store: SqliteStore, clock: Clock) -> None:
+async def test_claim_leases_and_an_expired_lease_is_claimed_again(store: Store, clock: Clock) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1)], MatchPolicy())
     [claim] = await store.claim(10, lease_seconds=30)
@@ -85,7 +164,7 @@ async def test_claim_leases_and_an_expired_lease_is_claimed_again(store: SqliteS
     assert third.attempts == 2
 
 
-async def test_retry_outcome_sets_the_due_time(store: SqliteStore, clock: Clock) -> None:
+async def test_retry_outcome_sets_the_due_time(store: Store, clock: Clock) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1)], MatchPolicy())
     [claim] = await store.claim(10, 30)
@@ -96,7 +175,7 @@ async def test_retry_outcome_sets_the_due_time(store: SqliteStore, clock: Clock)
     assert len(await store.claim(10, 30)) == 1
 
 
-async def test_gone_deletes_every_stream_of_the_endpoint_and_cancels_its_queue(store: SqliteStore) -> None:
+async def test_gone_deletes_every_stream_of_the_endpoint_and_cancels_its_queue(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.upsert_stream("carol.near", "https://near.org", E1, P256DH, AUTH)
     await store.upsert_stream("bob.near", "https://near.org", E2, P256DH, AUTH)
@@ -113,7 +192,7 @@ async def test_gone_deletes_every_stream_of_the_endpoint_and_cancels_its_queue(s
     }
 
 
-async def test_dead_letters_are_listed_with_their_reason(store: SqliteStore, clock: Clock) -> None:
+async def test_dead_letters_are_listed_with_their_reason(store: Store, clock: Clock) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1), event(2)], MatchPolicy())
     a, b = await store.claim(10, 30)
@@ -128,7 +207,7 @@ async def test_dead_letters_are_listed_with_their_reason(store: SqliteStore, clo
     assert all(d.endpoint_hash == endpoint_hash(E1) for d in letters)
 
 
-async def test_purge_keeps_the_dedupe_window(store: SqliteStore, clock: Clock) -> None:
+async def test_purge_keeps_the_dedupe_window(store: Store, clock: Clock) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1)], MatchPolicy())
     [c] = await store.claim(10, 30)
@@ -139,7 +218,7 @@ async def test_purge_keeps_the_dedupe_window(store: SqliteStore, clock: Clock) -
     assert await store.purge(clock.now) == 1
 
 
-async def test_deleting_a_stream_cancels_its_pending_deliveries(store: SqliteStore) -> None:
+async def test_deleting_a_stream_cancels_its_pending_deliveries(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.ingest([event(1)], MatchPolicy())
     assert await store.delete_streams(E1, "bob.near") == 1

@@ -1,0 +1,439 @@
+"""The scale-out store: PostgreSQL through an asyncpg connection pool, the same contract as SQLite.
+
+Several gateway processes share one database: deliveries are claimed with ``FOR UPDATE SKIP LOCKED``
+and a lease, and migrations run under an advisory lock, so processes starting together apply each
+migration once. ``?schema=NAME`` in the URL keeps the tables in their own schema (created if missing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.endpoints import endpoint_hash
+from gateway.exceptions import StoreError
+from gateway.matcher import match
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.store.base import DeadLetter, Outcome
+from gateway.store.sqlite import utc_day
+
+MIGRATION_LOCK = 0x6761_7465  # pg_advisory_xact_lock key: one migrating process at a time
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE streams (
+            id BIGSERIAL PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            endpoint_hash TEXT NOT NULL,
+            p256dh TEXT NOT NULL,
+            auth TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (endpoint_hash, account_id)
+        );
+        CREATE INDEX streams_by_account ON streams (account_id);
+        CREATE TABLE preferences (
+            endpoint_hash TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            PRIMARY KEY (endpoint_hash, account_id, value_type)
+        );
+        CREATE TABLE events (
+            event_key TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            receiver TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            block_height BIGINT,
+            row_json TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX events_by_created ON events (created_at);
+        CREATE TABLE deliveries (
+            id BIGSERIAL PRIMARY KEY,
+            event_key TEXT NOT NULL,
+            stream_id BIGINT NOT NULL,
+            endpoint_hash TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            compact BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at DOUBLE PRECISION NOT NULL,
+            due_at DOUBLE PRECISION NOT NULL,
+            lease_until DOUBLE PRECISION,
+            finished_at DOUBLE PRECISION,
+            http_status INTEGER,
+            reason TEXT NOT NULL DEFAULT '',
+            UNIQUE (event_key, endpoint_hash)
+        );
+        CREATE INDEX deliveries_due ON deliveries (due_at, lease_until) WHERE status = 'pending';
+        CREATE INDEX deliveries_finished ON deliveries (finished_at) WHERE status <> 'pending';
+        CREATE INDEX deliveries_by_stream ON deliveries (stream_id) WHERE status = 'pending';
+        CREATE TABLE endpoint_daily (
+            endpoint_hash TEXT NOT NULL,
+            day TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (endpoint_hash, day)
+        );
+        CREATE TABLE cursors (
+            source TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
+]
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The DSN without our ``schema`` parameter, and that schema."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+class PostgresStore:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> None:
+        self._dsn, self._schema = split_schema(url)
+        if self._schema is not None and not self._schema.replace("_", "").isalnum():
+            raise StoreError(f"schema name {self._schema!r} must be letters, digits and _")
+        self._clock = clock
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        try:
+            if self._schema:
+                conn = await asyncpg.connect(self._dsn)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                finally:
+                    await conn.close()
+            settings = {"search_path": self._schema} if self._schema else None
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
+            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+                for name, sql in MIGRATIONS:
+                    if name not in applied:
+                        await conn.execute(sql)
+                        await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", name, time.time())
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    # --- streams ---------------------------------------------------------------------------
+
+    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
+        now = self._clock()
+        inserted: bool = await self.pool.fetchval(
+            "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (endpoint_hash, account_id) DO UPDATE SET "
+            "gateway = EXCLUDED.gateway, endpoint = EXCLUDED.endpoint, p256dh = EXCLUDED.p256dh, "
+            "auth = EXCLUDED.auth, updated_at = EXCLUDED.updated_at RETURNING (xmax = 0)",
+            account_id,
+            gateway,
+            endpoint,
+            endpoint_hash(endpoint),
+            p256dh,
+            auth,
+            now,
+        )
+        return inserted
+
+    async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await _delete_streams(conn, endpoint_hash(endpoint), account_id, self._clock())
+
+    async def accounts(self) -> list[str]:
+        rows = await self.pool.fetch("SELECT DISTINCT account_id FROM streams ORDER BY 1")
+        return [r[0] for r in rows]
+
+    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
+        ehash = endpoint_hash(endpoint)
+        async with self.pool.acquire() as conn, conn.transaction():
+            exists = await conn.fetchval(
+                "SELECT 1 FROM streams WHERE endpoint_hash = $1 AND account_id = $2", ehash, account_id
+            )
+            if not exists:
+                return False
+            if block:
+                await conn.execute(
+                    "INSERT INTO preferences VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", ehash, account_id, value_type
+                )
+            else:
+                await conn.execute(
+                    "DELETE FROM preferences WHERE endpoint_hash = $1 AND account_id = $2 AND value_type = $3",
+                    ehash,
+                    account_id,
+                    value_type,
+                )
+            return True
+
+    # --- ingest ----------------------------------------------------------------------------
+
+    async def ingest(
+        self, events: list[Event], policy: MatchPolicy, *, cursor: tuple[str, str] | None = None
+    ) -> IngestResult:
+        now = self._clock()
+        day = utc_day(now)
+        result = IngestResult(events=len(events))
+        async with self.pool.acquire() as conn, conn.transaction():
+            for event in events:
+                inserted = await conn.fetchval(
+                    "INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1",
+                    event.key,
+                    event.source,
+                    event.receiver,
+                    event.value_type,
+                    event.block_height,
+                    json.dumps(event.row, separators=(",", ":")),
+                    now,
+                )
+                if not inserted:
+                    result.skipped["duplicate_event"] = result.skipped.get("duplicate_event", 0) + 1
+                    continue
+                result.new_events += 1
+                await self._match_one(conn, event, policy, now, day, result)
+            if cursor is not None:
+                await conn.execute(
+                    "INSERT INTO cursors VALUES ($1, $2, $3) ON CONFLICT (source) "
+                    "DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
+                    cursor[0],
+                    cursor[1],
+                    now,
+                )
+        return result
+
+    @staticmethod
+    async def _match_one(
+        conn: Any, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
+    ) -> None:
+        streams = [
+            Stream(r["id"], r["account_id"], r["gateway"], r["endpoint"], r["endpoint_hash"], "", "")
+            for r in await conn.fetch(
+                "SELECT id, account_id, gateway, endpoint, endpoint_hash FROM streams WHERE account_id = $1",
+                event.receiver,
+            )
+        ]
+        if not streams:
+            return
+        blocked: dict[str, set[str]] = {}
+        for r in await conn.fetch(
+            "SELECT endpoint_hash, value_type FROM preferences WHERE account_id = $1", event.receiver
+        ):
+            blocked.setdefault(r[0], set()).add(r[1])
+        sent_today: dict[str, int] = {}
+        if policy.max_per_endpoint_per_day:
+            rows = await conn.fetch(
+                "SELECT endpoint_hash, count FROM endpoint_daily WHERE day = $1 AND endpoint_hash = ANY($2)",
+                day,
+                [s.endpoint_hash for s in streams],
+            )
+            sent_today = {r[0]: r[1] for r in rows}
+        outcome = match(
+            event,
+            streams,
+            policy=policy,
+            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, ())) for s in streams},
+            sent_today=sent_today,
+        )
+        for reason, count in outcome.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + count
+        if not outcome.selected:
+            return
+        await conn.executemany(
+            "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
+            "VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            [(event.key, s.id, s.endpoint_hash, now) for s in outcome.selected],
+        )
+        await conn.executemany(
+            "INSERT INTO endpoint_daily VALUES ($1, $2, 1) ON CONFLICT (endpoint_hash, day) "
+            "DO UPDATE SET count = endpoint_daily.count + 1",
+            [(s.endpoint_hash, day) for s in outcome.selected],
+        )
+        result.deliveries += len(outcome.selected)
+
+    async def get_cursor(self, source: str) -> str | None:
+        value: str | None = await self.pool.fetchval("SELECT value FROM cursors WHERE source = $1", source)
+        return value
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
+        now = self._clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            leased = await conn.fetch(
+                "UPDATE deliveries SET lease_until = $1, attempts = attempts + 1 WHERE id IN ("
+                " SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= $2"
+                " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY due_at LIMIT $3"
+                " FOR UPDATE SKIP LOCKED) RETURNING id",
+                now + lease_seconds,
+                now,
+                limit,
+            )
+            if not leased:
+                return []
+            rows = await conn.fetch(
+                "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, s.account_id, "
+                "s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
+                "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
+                "WHERE d.id = ANY($1) ORDER BY d.due_at",
+                [r["id"] for r in leased],
+            )
+            claims: list[Claim] = []
+            orphans: list[int] = []
+            parsed: dict[str, dict[str, Any]] = {}
+            for r in rows:
+                if r["account_id"] is None or r["row_json"] is None:
+                    orphans.append(r["id"])
+                    continue
+                row = parsed.get(r["event_key"]) or parsed.setdefault(r["event_key"], json.loads(r["row_json"]))
+                stream = Stream(
+                    r["stream_id"],
+                    r["account_id"],
+                    r["gateway"],
+                    r["endpoint"],
+                    r["endpoint_hash"],
+                    r["p256dh"],
+                    r["auth"],
+                )
+                claims.append(Claim(r["id"], r["attempts"], r["compact"], r["created_at"], stream, row, r["event_key"]))
+            if orphans:
+                await conn.execute(
+                    "UPDATE deliveries SET status = 'cancelled', finished_at = $1, lease_until = NULL, "
+                    "reason = 'stream deleted before sending' WHERE id = ANY($2)",
+                    now,
+                    orphans,
+                )
+            return claims
+
+    async def next_due_at(self) -> float | None:
+        value = await self.pool.fetchval(
+            "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'"
+        )
+        return None if value is None else float(value)
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        now = self._clock()
+        retries = [o for o in outcomes if o.status == "retry"]
+        finished = [o for o in outcomes if o.status != "retry"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if retries:
+                await conn.executemany(
+                    "UPDATE deliveries SET due_at = $1, lease_until = NULL, compact = $2, http_status = $3, "
+                    "reason = $4 WHERE id = $5 AND status = 'pending'",
+                    [(o.retry_at or now, o.compact, o.http_status, o.reason, o.delivery_id) for o in retries],
+                )
+            if finished:
+                await conn.executemany(
+                    "UPDATE deliveries SET status = $1, finished_at = $2, lease_until = NULL, http_status = $3, "
+                    "reason = $4 WHERE id = $5 AND status = 'pending'",
+                    [(o.status, now, o.http_status, o.reason, o.delivery_id) for o in finished],
+                )
+            for o in finished:
+                if o.status == "gone" and o.endpoint_hash:
+                    await _delete_streams(conn, o.endpoint_hash, None, now)
+
+    async def release(self, delivery_ids: list[int]) -> None:
+        await self.pool.execute(
+            "UPDATE deliveries SET lease_until = NULL, attempts = GREATEST(attempts - 1, 0) "
+            "WHERE id = ANY($1) AND status = 'pending'",
+            delivery_ids,
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self.pool.fetch(
+            "SELECT d.*, s.account_id FROM deliveries d LEFT JOIN streams s ON s.id = d.stream_id "
+            "WHERE d.status IN ('dead', 'rejected') ORDER BY d.finished_at DESC, d.id DESC LIMIT $1",
+            limit,
+        )
+        return [
+            DeadLetter(
+                r["id"],
+                r["event_key"],
+                r["endpoint_hash"],
+                r["account_id"],
+                r["status"],
+                r["http_status"],
+                r["reason"],
+                r["attempts"],
+                r["created_at"],
+                r["finished_at"],
+            )
+            for r in rows
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            out = {
+                "streams": await conn.fetchval("SELECT COUNT(*) FROM streams"),
+                "accounts": await conn.fetchval("SELECT COUNT(DISTINCT account_id) FROM streams"),
+            }
+            for r in await conn.fetch("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
+                out[f"deliveries_{r[0]}"] = r[1]
+        return {k: int(v) for k, v in out.items()}
+
+    async def purge(self, older_than: float) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "DELETE FROM deliveries WHERE status <> 'pending' AND finished_at < $1", older_than
+            )
+            await conn.execute(
+                "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_key = events.event_key)",
+                older_than,
+            )
+            await conn.execute("DELETE FROM endpoint_daily WHERE day < $1", utc_day(older_than))
+        return int(status.split()[-1])
+
+
+async def _delete_streams(conn: Any, ehash: str, account_id: str | None, now: float) -> int:
+    """Delete streams of an endpoint and cancel what was still queued for them."""
+    if account_id is None:
+        ids = [r[0] for r in await conn.fetch("DELETE FROM streams WHERE endpoint_hash = $1 RETURNING id", ehash)]
+        await conn.execute("DELETE FROM preferences WHERE endpoint_hash = $1", ehash)
+    else:
+        ids = [
+            r[0]
+            for r in await conn.fetch(
+                "DELETE FROM streams WHERE endpoint_hash = $1 AND account_id = $2 RETURNING id", ehash, account_id
+            )
+        ]
+        await conn.execute("DELETE FROM preferences WHERE endpoint_hash = $1 AND account_id = $2", ehash, account_id)
+    if ids:
+        await conn.execute(
+            "UPDATE deliveries SET status = 'cancelled', finished_at = $1, lease_until = NULL, "
+            "reason = 'stream deleted' WHERE status = 'pending' AND stream_id = ANY($2)",
+            now,
+            ids,
+        )
+    return len(ids)
