@@ -23,12 +23,20 @@ def _setup_logging(settings: Settings) -> None:
     )
 
 
+ROLE_COMMANDS = {
+    "serve": ("api", "worker", "watch"),
+    "api": ("api",),
+    "worker": ("worker",),
+    "watch": ("watch",),
+}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     settings = load_settings(args.config)
     _setup_logging(settings)
-    anyio.run(Gateway(settings).run)
+    anyio.run(Gateway(settings, frozenset(ROLE_COMMANDS[args.command])).run)
     return 0
 
 
@@ -51,9 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP API and the dispatcher")
-    serve.add_argument("--config", metavar="FILE", help="TOML settings file (every key optional)")
-    serve.set_defaults(func=_serve)
+    helps = {
+        "serve": "run everything: the HTTP API, the dispatcher and the watchers",
+        "api": "run the HTTP API only",
+        "worker": "run the dispatcher only (claims and sends deliveries)",
+        "watch": "run the watchers only (each led by one process at a time)",
+    }
+    for command, text in helps.items():
+        role = sub.add_parser(command, help=text)
+        role.add_argument("--config", metavar="FILE", help="TOML settings file (every key optional)")
+        role.set_defaults(func=_serve)
 
     vapid = sub.add_parser("vapid", help="show or generate the VAPID key pair")
     vapid.add_argument("action", choices=["show", "generate"])

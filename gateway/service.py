@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import uvicorn
@@ -29,7 +30,7 @@ from gateway.webpush import (
     public_key_b64,
     read_key_file,
 )
-from watchers import build_watcher
+from watchers import Watcher, build_watcher
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +79,39 @@ class _Server(uvicorn.Server):
         yield
 
 
-class Gateway:
-    """One gateway process: HTTP API + dispatcher sharing one store."""
+ROLES = ("api", "worker", "watch")
 
-    def __init__(self, settings: Settings) -> None:
+
+class Gateway:
+    """One gateway process. Roles: ``api`` (the HTTP API), ``worker`` (the dispatcher) and ``watch``
+    (the watchers, each led by one process at a time). ``gateway serve`` runs all three."""
+
+    def __init__(self, settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> None:
+        unknown = roles - set(ROLES)
+        if unknown or not roles:
+            raise ValueError(f"roles must be a non-empty subset of {ROLES}, not {sorted(roles)}")
         self.settings = settings
+        self.roles = roles
         self._server: uvicorn.Server | None = None
         self._stopping = False
+        self._stop_event: anyio.Event | None = None
 
     def stop(self) -> None:
         """Ask the process to finish: the server stops accepting, in-flight claims are released."""
         self._stopping = True
         if self._server is not None:
             self._server.should_exit = True
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
         signer = load_vapid_signer(settings)
         store = open_store(settings.storage.url)
         await store.open()
+        self._stop_event = anyio.Event()
+        if self._stopping:
+            self._stop_event.set()
         try:
             push = settings.push
             async with PushClient(
@@ -107,41 +122,62 @@ class Gateway:
                 concurrency_per_origin=push.concurrency_per_origin,
             ) as client:
                 dispatcher = Dispatcher(store, client, push, links=settings.link_templates)
-                sink = StoreSink(store, policy_from(settings.matching), dispatcher.wake)
-                watchers = [build_watcher(w, sink) for w in settings.watchers if w.enabled]
-                app = create_app(
-                    settings,
-                    store,
-                    signer.public_key,
-                    on_ingest=dispatcher.wake,
-                    watcher_states=lambda: {w.name: w.state.snapshot() for w in watchers},
-                )
-                sock = bind_socket(settings.server.host, settings.server.port)
-                port = sock.getsockname()[1]
-                config = uvicorn.Config(
-                    app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
-                )
-                self._server = _Server(config)
-                if self._stopping:
-                    self._server.should_exit = True
+                # Without a local worker, workers elsewhere find new deliveries at their next poll.
+                wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
+                sink = StoreSink(store, policy_from(settings.matching), wake)
+                watchers = [build_watcher(w, sink) for w in settings.watchers if w.enabled and "watch" in self.roles]
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(dispatcher.run)
-                    tg.start_soon(self._housekeeping, store)
+                    if "worker" in self.roles:
+                        tg.start_soon(dispatcher.run)
+                        tg.start_soon(self._housekeeping, store)
                     for watcher in watchers:
-                        tg.start_soon(watcher.run)
-                        log.info("watcher %s (%s) started", watcher.name, watcher.kind)
+                        tg.start_soon(self._lead, store, watcher)
                     if threading.current_thread() is threading.main_thread():
                         tg.start_soon(self._stop_on_signal)
-                    log.info("gateway listening on http://%s:%d", settings.server.host, port)
                     print(f"VAPID public key: {signer.public_key}", flush=True)
-                    print(f"gateway listening on http://{settings.server.host}:{port}", flush=True)
-                    task_status.started(port)
-                    await self._server.serve(sockets=[sock])
+                    print(f"gateway running roles={','.join(r for r in ROLES if r in self.roles)}", flush=True)
+                    if "api" in self.roles:
+                        app = create_app(
+                            settings,
+                            store,
+                            signer.public_key,
+                            on_ingest=wake,
+                            watcher_states=lambda: {w.name: w.state.snapshot() for w in watchers},
+                        )
+                        await self._serve_api(app, task_status)
+                    else:
+                        task_status.started(0)
+                        await self._stop_event.wait()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
         log.info("gateway stopped")
+
+    async def _serve_api(self, app: Any, task_status: TaskStatus[int]) -> None:
+        settings = self.settings
+        sock = bind_socket(settings.server.host, settings.server.port)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        self._server = _Server(config)
+        if self._stopping:
+            self._server.should_exit = True
+        log.info("gateway listening on http://%s:%d", settings.server.host, port)
+        print(f"gateway listening on http://{settings.server.host}:{port}", flush=True)
+        task_status.started(port)
+        await self._server.serve(sockets=[sock])
+
+    async def _lead(self, store: Store, watcher: Watcher) -> None:
+        """Run ``watcher`` only while this process leads it; wait to lead again when that ends."""
+        while True:
+            async with store.leadership(f"watcher:{watcher.name}") as lease:
+                log.info("watcher %s (%s): leading it from this process", watcher.name, watcher.kind)
+                print(f"watcher {watcher.name} leading", flush=True)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watcher.run)
+                    await lease.wait_lost()
+                    tg.cancel_scope.cancel()
+            log.warning("watcher %s: leadership lost; waiting to lead again", watcher.name)
 
     async def _stop_on_signal(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

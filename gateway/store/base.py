@@ -13,6 +13,7 @@ A claim that is never finished (the process died) is claimable again once its le
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -46,6 +47,13 @@ class DeadLetter:
     attempts: int
     created_at: float
     finished_at: float | None
+
+
+class Lease(Protocol):
+    """Leadership held by this process."""
+
+    async def wait_lost(self) -> None:
+        """Return when the leadership is lost (the store's connection died)."""
 
 
 class Store(Protocol):
@@ -103,3 +111,6 @@ class Store(Protocol):
 
     async def purge(self, older_than: float) -> int:
         """Delete finished deliveries and events created before ``older_than`` (epoch seconds)."""
+
+    def leadership(self, name: str) -> AbstractAsyncContextManager[Lease]:
+        """Wait until this process leads ``name`` (one process at a time across all sharing the store)."""

@@ -7,12 +7,15 @@ migration once. ``?schema=NAME`` in the URL keeps the tables in their own schema
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 
 from gateway.endpoints import endpoint_hash
@@ -23,6 +26,8 @@ from gateway.store.base import DeadLetter, Outcome
 from gateway.store.sqlite import utc_day
 
 MIGRATION_LOCK = 0x6761_7465  # pg_advisory_xact_lock key: one migrating process at a time
+LEADER_RETRY = 1.0  # seconds between attempts to take a leadership another process holds
+LEADER_CHECK = 1.0  # seconds between checks that the leader's connection is alive
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -402,6 +407,29 @@ class PostgresStore:
                 out[f"deliveries_{r[0]}"] = r[1]
         return {k: int(v) for k, v in out.items()}
 
+    @asynccontextmanager
+    async def leadership(self, name: str) -> AsyncIterator[_AdvisoryLease]:
+        """Hold a session advisory lock on a connection of its own: PostgreSQL releases it the moment
+        the holder's connection dies (a killed process), and a waiting process takes it within
+        LEADER_RETRY seconds."""
+        key = int.from_bytes(hashlib.sha256(f"{self._schema}:{name}".encode()).digest()[:8], "big", signed=True)
+        settings = {"search_path": self._schema} if self._schema else None
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn, server_settings=settings)
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    break
+            except (OSError, asyncpg.PostgresError):
+                pass
+            if conn is not None:
+                await conn.close()
+            await anyio.sleep(LEADER_RETRY)
+        try:
+            yield _AdvisoryLease(conn)
+        finally:
+            conn.terminate()  # ending the session releases the lock
+
     async def purge(self, older_than: float) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
@@ -414,6 +442,20 @@ class PostgresStore:
             )
             await conn.execute("DELETE FROM endpoint_daily WHERE day < $1", utc_day(older_than))
         return int(status.split()[-1])
+
+
+class _AdvisoryLease:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def wait_lost(self) -> None:
+        while True:
+            await anyio.sleep(LEADER_CHECK)
+            try:
+                with anyio.fail_after(LEADER_CHECK * 3):
+                    await self._conn.fetchval("SELECT 1")
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return
 
 
 async def _delete_streams(conn: Any, ehash: str, account_id: str | None, now: float) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -469,6 +470,11 @@ class SqliteStore:
 
         return await self._run(run)
 
+    @asynccontextmanager
+    async def leadership(self, name: str) -> AsyncIterator[_SoleLease]:
+        """The embedded store serves one process: it always leads."""
+        yield _SoleLease()
+
     async def purge(self, older_than: float) -> int:
         def run(c: sqlite3.Connection) -> int:
             n = c.execute(
@@ -483,6 +489,11 @@ class SqliteStore:
             return int(n)
 
         return await self._tx(run)
+
+
+class _SoleLease:
+    async def wait_lost(self) -> None:
+        await anyio.sleep_forever()
 
 
 def _delete_streams(c: sqlite3.Connection, ehash: str, account_id: str | None, now: float) -> int:
