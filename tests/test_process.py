@@ -22,9 +22,9 @@ from tests.fakepush import FakePushService, Reply
 
 
 class GatewayProcess:
-    def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None = None, command: str = "serve") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", *args],
+            [sys.executable, "-m", "gateway.cli", command, *args],
             cwd=cwd,
             env={**os.environ, "GATEWAY_SERVER__PORT": "0", **(env or {})},
             stdout=subprocess.PIPE,
@@ -42,13 +42,17 @@ class GatewayProcess:
             pump.start()
         deadline = time.monotonic() + 20
         self.url = ""
-        while not self.url:
+        ready = False
+        while not ready:
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"gateway did not start: {''.join(self.stderr)}") from None
             if line.startswith("gateway listening on "):
                 self.url = line.split()[-1]
+                ready = True
+            elif line.startswith("gateway running roles=") and "api" not in line:
+                ready = True
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     @staticmethod
@@ -57,6 +61,9 @@ class GatewayProcess:
             sink.append(line)
             if lines is not None:
                 lines.put(line.strip())
+
+    def printed(self, text: str) -> bool:
+        return any(text in line for line in list(self.stdout))
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
