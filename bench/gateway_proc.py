@@ -31,10 +31,18 @@ def proc_rss_mb(pid: int) -> float:
 
 class GatewayProc:
     def __init__(
-        self, push_prefixes: list[str], *, db: str | None = None, extra_toml: str = "", push_toml: str = ""
+        self,
+        push_prefixes: list[str],
+        *,
+        db: str | None = None,
+        extra_toml: str = "",
+        push_toml: str = "",
+        storage_url: str | None = None,
+        command: str = "serve",
     ) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-gw-")
         self.db = db or os.path.join(self.dir, "gw.db")
+        storage = storage_url or f"sqlite:///{self.db}"
         config = Path(self.dir) / "gateway.toml"
         allowed = ", ".join(f'"{p}/"' for p in push_prefixes)
         config.write_text(f"""
@@ -42,7 +50,7 @@ class GatewayProc:
 port = 0
 max_events_body_bytes = 16777216
 [storage]
-url = "sqlite:///{self.db}"
+url = "{storage}"
 [vapid]
 private_key_file = "{self.dir}/vapid.pem"
 subject = "mailto:bench@gateway.test"
@@ -59,7 +67,7 @@ level = "warning"
 {extra_toml}
 """)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "gateway.cli", command, "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -67,11 +75,14 @@ level = "warning"
         assert self.proc.stdout is not None
         self.url = ""
         deadline = time.time() + 30
-        while not self.url and time.time() < deadline:
+        while time.time() < deadline:
             line = self.proc.stdout.readline()
             if line.startswith("gateway listening on "):
                 self.url = line.split()[-1]
-        self.http = httpx.Client(base_url=self.url, timeout=120)
+                break
+            if line.startswith("gateway running roles=") and "api" not in line:
+                break  # a worker or watcher: no HTTP API
+        self.http = httpx.Client(base_url=self.url or "http://127.0.0.1:9", timeout=120)
 
     @property
     def pid(self) -> int:
