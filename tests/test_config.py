@@ -134,6 +134,12 @@ def test_every_route_and_command_is_in_the_readme() -> None:
         "GET /openapi.json",
     ):
         assert route in readme, route
-    for command in ("gateway serve", "gateway api", "gateway worker", "gateway watch", "gateway vapid show",
-                    "gateway vapid generate"):
+    for command in (
+        "gateway serve",
+        "gateway api",
+        "gateway worker",
+        "gateway watch",
+        "gateway vapid show",
+        "gateway vapid generate",
+    ):
         assert command in readme, command

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from gateway.endpoints import endpoint_hash
@@ -224,3 +225,19 @@ async def test_deleting_a_stream_cancels_its_pending_deliveries(store: Store) ->
     assert await store.delete_streams(E1, "bob.near") == 1
     assert await store.claim(10, 30) == []
     assert (await store.counts())["deliveries_cancelled"] == 1
+
+
+async def test_stores_opening_together_apply_each_migration_once(make_store: Callable[[], Store]) -> None:
+    stores = [make_store() for _ in range(4)]
+    async with anyio.create_task_group() as tg:  # four processes starting at the same moment
+        for s in stores:
+            tg.start_soon(s.open)
+    try:
+        await stores[0].upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+        assert [await s.counts() for s in stores] == [{"streams": 1, "accounts": 1}] * 4
+        if isinstance(stores[0], PostgresStore):
+            rows = await stores[0].pool.fetch("SELECT name FROM schema_migrations")
+            assert sorted(r[0] for r in rows) == ["0001_initial"]
+    finally:
+        for s in stores:
+            await s.close()

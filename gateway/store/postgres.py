@@ -126,7 +126,9 @@ class PostgresStore:
             if self._schema:
                 conn = await asyncpg.connect(self._dsn)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                    async with conn.transaction():  # IF NOT EXISTS alone races between starting processes
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
                 finally:
                     await conn.close()
             settings = {"search_path": self._schema} if self._schema else None

@@ -174,11 +174,11 @@ class SqliteStore:
     @staticmethod
     def _migrate(db: sqlite_utils.Database) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        applied = {row[0] for row in db.execute("SELECT name FROM schema_migrations").fetchall()}
         for name, sql in MIGRATIONS:
-            if name in applied:
+            db.conn.execute("BEGIN IMMEDIATE")  # the write lock first: processes may start together
+            if db.conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
+                db.conn.execute("COMMIT")
                 continue
-            db.conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in filter(str.strip, sql.split(";")):
                     db.conn.execute(statement)
