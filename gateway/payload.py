@@ -22,7 +22,6 @@ MAX_BODY_CHARS = 240
 COMPACT_BODY_CHARS = 120
 MAX_TAG_CHARS = 128
 
-ADDED_FIELDS = ("title", "body", "url", "tag")
 
 # value type -> (title, body with {who})
 _TEXTS: dict[str, tuple[str, str]] = {

@@ -83,11 +83,6 @@ def event_from_row(row: NotificationRow, source: str, *, near_key: bool = False)
     )
 
 
-def events_from_rows(rows: list[Mapping[str, Any]], source: str) -> list[Event]:
-    """Validate and decode rows; raises pydantic.ValidationError on the first bad row."""
-    return [event_from_row(NotificationRow.model_validate(r), source) for r in rows]
-
-
 def _validated(raw: Any, source: str, out: Decoded, *, near_key: bool = True) -> None:
     try:
         out.add(event_from_row(NotificationRow.model_validate(raw), source, near_key=near_key))
