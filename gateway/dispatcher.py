@@ -94,7 +94,7 @@ class Dispatcher:
         self._rejected_origins: set[str] = set()
         self._outcomes: list[Outcome] = []
         self._payloads: dict[tuple[str, str, bool], bytes] = {}  # one build per (event, gateway, form)
-        self._outcomes_waiting = anyio.Event()
+        self._outcomes_waiting = asyncio.Event()
 
     def wake(self) -> None:
         """Tell the dispatcher new deliveries are waiting (called after ingest)."""
@@ -182,7 +182,7 @@ class Dispatcher:
         while True:
             await self._outcomes_waiting.wait()
             await anyio.sleep(FLUSH_WINDOW)
-            self._outcomes_waiting = anyio.Event()
+            self._outcomes_waiting = asyncio.Event()
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
 

@@ -164,6 +164,11 @@ class _Origin:
         return conn
 
 
+def render_headers(headers: dict[str, str]) -> bytes:
+    """Header lines ready to send (each ending in CRLF); render once, reuse for every request."""
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
 @functools.lru_cache(maxsize=65536)
 def _split(url: str) -> tuple[str, str, str]:
     """(scheme, netloc, request target) of a URL; push endpoints repeat, so parse each once."""
@@ -187,12 +192,21 @@ class Http1Client:
             origin = self._origins[key] = _Origin(scheme, host, port, self._limit, self._tls)
         return origin
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Answer:  # noqa: ASYNC109
+    async def post(self, url: str, headers: dict[str, str] | bytes, body: bytes, timeout: float) -> Answer:  # noqa: ASYNC109
+        """POST ``body``; ``headers`` as a dict, or as a block rendered once by ``render_headers``."""
         scheme, netloc, target = _split(url)
         origin = self._origin(scheme, netloc)
-        head = [f"POST {target} HTTP/1.1", f"Host: {origin.host_header}", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        block = headers if isinstance(headers, bytes) else render_headers(headers)
+        request = b"".join(
+            (
+                f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nContent-Length: {len(body)}\r\n".encode(
+                    "latin-1"
+                ),
+                block,
+                b"\r\n",
+                body,
+            )
+        )
         async with origin.slots:
             async with asyncio.timeout(timeout):
                 return await self._exchange(origin, request)

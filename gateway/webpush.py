@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.endpoints import origin_of
 from gateway.exceptions import VapidKeyError
-from gateway.http1 import Http1Client, HttpError
+from gateway.http1 import Http1Client, HttpError, render_headers
 from gateway.models import b64url_decode, b64url_encode
 
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
@@ -227,24 +227,35 @@ class PushClient:
         self._urgency = urgency
         self._timeout = timeout
         self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls)
+        self._rendered: dict[str, tuple[str, bytes]] = {}
 
     async def __aenter__(self) -> PushClient:
         return self
+
+    def _headers(self, origin: str) -> bytes:
+        """The header block for one push service, rendered once per VAPID token."""
+        authorization = self._signer.authorization(origin)
+        cached = self._rendered.get(origin)
+        if cached is None or cached[0] != authorization:
+            block = render_headers(
+                {
+                    "Authorization": authorization,
+                    "Content-Encoding": "aes128gcm",
+                    "Content-Type": "application/octet-stream",
+                    "TTL": self._ttl,
+                    "Urgency": self._urgency,
+                }
+            )
+            cached = self._rendered[origin] = (authorization, block)
+        return cached[1]
 
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
     async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer:
         body = encrypt(plaintext, p256dh, auth)
-        headers = {
-            "Authorization": self._signer.authorization(origin_of(endpoint)),
-            "Content-Encoding": "aes128gcm",
-            "Content-Type": "application/octet-stream",
-            "TTL": self._ttl,
-            "Urgency": self._urgency,
-        }
         try:
-            answer = await self._http.post(endpoint, headers, body, self._timeout)
+            answer = await self._http.post(endpoint, self._headers(origin_of(endpoint)), body, self._timeout)
         except TimeoutError:
             return PushAnswer(Verdict.RETRY, None, None, "timeout")
         except HttpError as exc:

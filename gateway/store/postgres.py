@@ -282,11 +282,12 @@ class PostgresStore:
             "VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
             [(event.key, s.id, s.endpoint_hash, now) for s in outcome.selected],
         )
-        await conn.executemany(
-            "INSERT INTO endpoint_daily VALUES ($1, $2, 1) ON CONFLICT (endpoint_hash, day) "
-            "DO UPDATE SET count = endpoint_daily.count + 1",
-            [(s.endpoint_hash, day) for s in outcome.selected],
-        )
+        if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
+            await conn.executemany(
+                "INSERT INTO endpoint_daily VALUES ($1, $2, 1) ON CONFLICT (endpoint_hash, day) "
+                "DO UPDATE SET count = endpoint_daily.count + 1",
+                [(s.endpoint_hash, day) for s in outcome.selected],
+            )
         result.deliveries += len(outcome.selected)
 
     async def get_cursor(self, source: str) -> str | None:

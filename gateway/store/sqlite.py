@@ -305,14 +305,16 @@ class SqliteStore:
         blocked: dict[str, set[str]] = {}
         for r in c.execute("SELECT endpoint_hash, value_type FROM preferences WHERE account_id = ?", (event.receiver,)):
             blocked.setdefault(r[0], set()).add(r[1])
-        hashes = [s.endpoint_hash for s in streams]
-        marks = ",".join("?" * len(hashes))
-        sent_today = dict(
-            c.execute(
-                f"SELECT endpoint_hash, count FROM endpoint_daily WHERE day = ? AND endpoint_hash IN ({marks})",  # noqa: S608
-                (day, *hashes),
-            ).fetchall()
-        )
+        sent_today: dict[str, int] = {}
+        if policy.max_per_endpoint_per_day:
+            hashes = [s.endpoint_hash for s in streams]
+            marks = ",".join("?" * len(hashes))
+            sent_today = dict(
+                c.execute(
+                    f"SELECT endpoint_hash, count FROM endpoint_daily WHERE day = ? AND endpoint_hash IN ({marks})",  # noqa: S608
+                    (day, *hashes),
+                ).fetchall()
+            )
         outcome = match(
             event,
             streams,
@@ -328,11 +330,12 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 (event.key, stream.id, stream.endpoint_hash, now, now),
             )
-            c.execute(
-                "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
-                "DO UPDATE SET count = count + 1",
-                (stream.endpoint_hash, day),
-            )
+            if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
+                c.execute(
+                    "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
+                    "DO UPDATE SET count = count + 1",
+                    (stream.endpoint_hash, day),
+                )
             result.deliveries += 1
 
     async def get_cursor(self, source: str) -> str | None:
