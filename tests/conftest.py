@@ -150,3 +150,15 @@ def row(id: int, receiver: str = "bob.near", value_type: str = "like", **extra: 
     }
     base.update(extra)
     return base
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    """Gateway subprocesses (tests.test_process.GatewayProcess) a test started: killed and closed at the end."""
+    started: list[Any] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+        if p.proc.stdout is not None and not p.proc.stdout.closed:
+            p.close()

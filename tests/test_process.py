@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,12 @@ class GatewayProcess:
     def printed(self, text: str) -> bool:
         return any(text in line for line in list(self.stdout))
 
+    def wait_printed(self, text: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.printed(text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.printed(text)
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.close()
@@ -103,17 +108,6 @@ max_per_endpoint_per_day = 0
 """
     )
     return config
-
-
-@pytest.fixture
-def procs() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-        if p.proc.stdout is not None and not p.proc.stdout.closed:
-            p.close()
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def pg_schema() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_three_processes_survive_kill_9_of_a_worker_and_the_watcher_leader(
-    tmp_path: Path, pg_schema: str, fake_push: FakePushService
+    tmp_path: Path, pg_schema: str, fake_push: FakePushService, procs: list[GatewayProcess]
 ) -> None:
     rows = [row(n, f"acc{n % 4}.near", blockHeight=130000000 + n // 3) for n in range(1, 201)]
     source = GraphQLWsServer(rows)
@@ -67,14 +67,10 @@ reconnect_initial_delay = 0.2
     subs = [fake_push.subscribe() for _ in range(4)]
     for sub in subs:
         fake_push.always(sub, Reply(201, delay=0.05))
-    procs: list[GatewayProcess] = []
     try:
         watcher_leader = GatewayProcess(tmp_path, ["--config", str(config)], command="watch")
         procs.append(watcher_leader)
-        deadline = time.monotonic() + 10
-        while not watcher_leader.printed("watcher queryapi leading") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert watcher_leader.printed("watcher queryapi leading")
+        assert watcher_leader.wait_printed("watcher queryapi leading")
         everything = GatewayProcess(tmp_path, ["--config", str(config)], command="serve")
         worker = GatewayProcess(tmp_path, ["--config", str(config)], command="worker")
         procs += [everything, worker]
@@ -90,10 +86,7 @@ reconnect_initial_delay = 0.2
         watcher_leader.kill9()
         assert len(source.sent_ids) < 200, "the kills must come mid-stream"
 
-        deadline = time.monotonic() + 10
-        while not everything.printed("watcher queryapi leading") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert everything.printed("watcher queryapi leading"), "the surviving process took the watcher over"
+        assert everything.wait_printed("watcher queryapi leading"), "the surviving process took the watcher over"
 
         def all_pushed() -> bool:
             return len({(r.sub_id, r.payload["id"]) for r in fake_push.received if r.payload}) == 200
@@ -107,9 +100,4 @@ reconnect_initial_delay = 0.2
         assert twice <= 8  # at most what the killed worker had in flight
         assert everything.terminate() == 0
     finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-            if p.proc.stdout is not None and not p.proc.stdout.closed:
-                p.close()
         source.close()
