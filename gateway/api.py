@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -15,7 +16,15 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config import Settings
 from gateway.endpoints import is_allowed
-from gateway.exceptions import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from gateway.exceptions import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    StreamCapReached,
+    Unauthorized,
+)
+from gateway.links import gateway_origin
 from gateway.matcher import policy_from
 from gateway.models import (
     CreateStreamRequest,
@@ -24,6 +33,8 @@ from gateway.models import (
     NotificationRow,
     SetPreferenceRequest,
 )
+from gateway.nearrpc import AccessKeys, RpcUnavailable
+from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
 from gateway.store.base import Store
 from watchers.decode import event_from_row
 
@@ -39,6 +50,13 @@ class ApiContext:
     vapid_public_key: str
     on_ingest: Callable[[], None]
     watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict
+    access_keys: AccessKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        security = self.settings.security
+        self.access_keys = AccessKeys(
+            security.near_rpc_url, timeout=security.rpc_timeout, cache_seconds=security.rpc_cache_seconds
+        )
 
     @property
     def policy(self) -> MatchPolicy:
@@ -66,6 +84,11 @@ class IngestBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 413: {"model": ErrorBody}}
+# The public routes may also refuse a client (rate, keys, signatures, caps) or time it out.
+PUBLIC_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    **{status: {"model": ErrorBody} for status in (401, 403, 408, 429, 503)},
+}
 
 router = APIRouter()
 
@@ -80,35 +103,110 @@ def _check_endpoint(ctx: ApiContext, endpoint: str, field: str) -> None:
         raise BadRequest("endpoint_not_allowed", f"{field} is not on this gateway's push-service allow-list")
 
 
-@router.post("/subscriptions/create", status_code=201, responses=ERRORS, tags=["NEAR API"])
-async def create_subscription(body: CreateStreamRequest, request: Request) -> Response:
+def _check_gateway_key(ctx: ApiContext, given: str | None, gateway: str | None) -> None:
+    """A [[gateways]] entry with a key needs it for streams of its origin; with
+    ``require_gateway_key`` every request needs some entry's key (and, naming a gateway, its own)."""
+    entries = ctx.settings.gateways
+    if gateway is not None:
+        origin = gateway_origin(gateway)
+        entry = next((g for g in entries if g.key and gateway_origin(g.origin) == origin), None)
+        if entry is not None:
+            if given is None or not hmac.compare_digest(given.encode(), entry.key.encode()):
+                raise Unauthorized("invalid_gateway_key", f"X-Gateway-Key is missing or wrong for {origin}")
+            return
+    if given is not None:
+        if not any(g.key and hmac.compare_digest(given.encode(), g.key.encode()) for g in entries):
+            raise Unauthorized("invalid_gateway_key", "X-Gateway-Key is not a key of any configured gateway")
+        if gateway is not None:  # a known key, used for a gateway it was not issued for
+            raise Unauthorized("invalid_gateway_key", "X-Gateway-Key does not belong to this gateway's origin")
+        return
+    if ctx.settings.security.require_gateway_key:
+        raise Unauthorized("gateway_key_required", "this gateway serves configured frontends only: send X-Gateway-Key")
+
+
+async def _check_ownership(ctx: ApiContext, body: CreateStreamRequest) -> None:
+    """With ``require_signed_subscriptions``: a fresh NEP-413 signature by an access key of the account."""
+    security = ctx.settings.security
+    if not security.require_signed_subscriptions:
+        return
+    if body.signed is None:
+        raise Unauthorized("signature_required", "this gateway needs `signed`: a NEP-413 message from the account")
+    now = time.time()
+    try:
+        signed_at = verify_subscription(
+            SignedRequest(**body.signed.model_dump()),
+            action="subscribe",
+            account_id=body.accountId,
+            gateway=body.gateway,
+            endpoint=body.subscription.endpoint,
+            recipient=security.signature_recipient,
+            now=now,
+            max_age=security.signature_max_age,
+        )
+    except SignatureError as exc:
+        raise Unauthorized(exc.code, exc.message) from exc
+    try:
+        permission = await ctx.access_keys.permission(body.accountId, body.signed.publicKey)
+    except RpcUnavailable as exc:
+        raise ServiceUnavailable("rpc_unavailable", "cannot check the key with NEAR RPC now; try again") from exc
+    if permission is None or (permission == "function_call" and not security.allow_function_call_keys):
+        raise Unauthorized("key_not_owned", "the signing key is not a (full) access key of the account")
+    nonce = f"{body.signed.publicKey}:{body.signed.nonce}"
+    if not await ctx.store.use_nonce(nonce, signed_at + security.signature_max_age):
+        raise Unauthorized("signature_replayed", "this signed message was already used")
+
+
+GatewayKey = Annotated[str | None, Header(alias="X-Gateway-Key", description="the frontend's API key, if any")]
+
+
+@router.post("/subscriptions/create", status_code=201, responses=PUBLIC_ERRORS, tags=["NEAR API"])
+async def create_subscription(body: CreateStreamRequest, request: Request, key: GatewayKey = None) -> Response:
     """Register a stream (account, gateway, push subscription). Creating it again refreshes it."""
     ctx = _ctx(request)
     sub = body.subscription
+    _check_gateway_key(ctx, key, body.gateway)
     _check_endpoint(ctx, sub.endpoint, "subscription.endpoint")
-    await ctx.store.upsert_stream(body.accountId, body.gateway, sub.endpoint, sub.keys.p256dh, sub.keys.auth)
+    await _check_ownership(ctx, body)
+    limits = ctx.settings.limits
+    try:
+        await ctx.store.upsert_stream(
+            body.accountId,
+            body.gateway,
+            sub.endpoint,
+            sub.keys.p256dh,
+            sub.keys.auth,
+            max_per_account=limits.max_streams_per_account,
+            max_per_endpoint=limits.max_accounts_per_endpoint,
+        )
+    except StreamCapReached as exc:
+        what = "streams for this account" if exc.scope == "account" else "accounts on this endpoint"
+        raise Forbidden("too_many_streams", f"at most {exc.cap} {what}; delete one first") from exc
     return Response(status_code=201)
 
 
-@router.post("/subscriptions/delete", status_code=204, responses=ERRORS, tags=["NEAR API"])
-async def delete_subscription(body: DeleteStreamRequest, request: Request) -> Response:
+@router.post("/subscriptions/delete", status_code=204, responses=PUBLIC_ERRORS, tags=["NEAR API"])
+async def delete_subscription(body: DeleteStreamRequest, request: Request, key: GatewayKey = None) -> Response:
     """Delete the endpoint's streams, or only ``accountId``'s stream on it."""
-    deleted = await _ctx(request).store.delete_streams(body.endpoint, body.accountId)
+    ctx = _ctx(request)
+    _check_gateway_key(ctx, key, None)
+    deleted = await ctx.store.delete_streams(body.endpoint, body.accountId)
     if not deleted:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint (and accountId)")
     return Response(status_code=204)
 
 
-@router.post("/preferences/set", status_code=201, responses=ERRORS, tags=["NEAR API"])
-async def set_preference(body: SetPreferenceRequest, request: Request) -> Response:
+@router.post("/preferences/set", status_code=201, responses=PUBLIC_ERRORS, tags=["NEAR API"])
+async def set_preference(body: SetPreferenceRequest, request: Request, key: GatewayKey = None) -> Response:
     """Mute (``block: true``) or unmute one notification type for a stream."""
-    found = await _ctx(request).store.set_preference(body.accountId, body.endpoint, body.dapp, body.block)
+    ctx = _ctx(request)
+    _check_gateway_key(ctx, key, None)
+    found = await ctx.store.set_preference(body.accountId, body.endpoint, body.dapp, body.block)
     if not found:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint for this accountId")
     return Response(status_code=201)
 
 
-@router.get("/vapid-public-key", tags=["gateway"])
+@router.get("/vapid-public-key", responses={429: {"model": ErrorBody}}, tags=["gateway"])
 async def vapid_public_key(request: Request) -> VapidKeyBody:
     """The applicationServerKey to pass to ``PushManager.subscribe``."""
     return VapidKeyBody(publicKey=_ctx(request).vapid_public_key)

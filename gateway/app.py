@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api import ApiContext, describe_validation_error, router
-from gateway.config import Settings
+from gateway.config import LimitsSettings, Settings
 from gateway.exceptions import ApiError
+from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",
@@ -46,9 +50,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class BodyLimit:
     """Refuse bodies over a limit with 413 before the app reads them (Content-Length or streamed)."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], read_timeout: float) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,18 +67,23 @@ class BodyLimit:
                 return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.read_timeout) as reading:  # a slow client must not hold a worker
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await too_large(scope, receive, send)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if reading.cancelled_caught:
+            slow = error_response(408, "request_timeout", f"request body not received within {self.read_timeout} s")
+            await slow(scope, receive, send)
+            return
         body = b"".join(chunks)
         sent = False
 
@@ -85,6 +95,41 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+UNLIMITED_PATHS = frozenset({"/events", "/healthz"})  # token-protected or for probes
+
+
+class RateLimit:
+    """429 with Retry-After when a client IP, or a frontend origin, exceeds its token bucket."""
+
+    def __init__(self, app: ASGIApp, limits: LimitsSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.clock = clock
+        self.per_ip = RateLimiter(limits.per_ip_rate, limits.per_ip_burst, limits.tracked_clients)
+        self.per_origin = RateLimiter(limits.per_origin_rate, limits.per_origin_burst, limits.tracked_clients)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        now = self.clock()
+        client = scope.get("client")
+        wait = self.per_ip.take(client[0] if client else "unknown", now)
+        if not wait:
+            origin = next((v for k, v in scope.get("headers", []) if k == b"origin"), None)
+            if origin is not None:
+                wait = self.per_origin.take(origin.decode("latin-1")[:256], now)
+        if wait:
+            limited = error_response(
+                429,
+                "rate_limited",
+                f"too many requests; retry in {retry_after_header(wait)} s",
+                {"Retry-After": retry_after_header(wait)},
+            )
+            await limited(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -129,13 +174,15 @@ def create_app(
     def limit_for(path: str) -> int:
         return s.max_events_body_bytes if path == "/events" else s.max_body_bytes
 
-    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(BodyLimit, limit_for=limit_for, read_timeout=settings.limits.request_read_timeout)
+    app.add_middleware(RateLimit, limits=settings.limits)  # before the body is read
     # Browsers call the NEAR routes from the gateway frontends' origins.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization"],
+        allow_headers=["Content-Type", "Authorization", "X-Gateway-Key"],
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
     return app

@@ -36,6 +36,42 @@ class ServerSettings(_Section):
     max_events_body_bytes: int = Field(1024 * KIB, ge=1 * KIB)
 
 
+class LimitsSettings(_Section):
+    """Abuse limits on the public API (every route but POST /events, which has its token, and /healthz)."""
+
+    per_ip_rate: float = Field(2.0, ge=0)  # requests per second per client IP (token bucket); 0 = no limit
+    per_ip_burst: int = Field(30, ge=1)  # requests a client IP may make at once before the rate applies
+    per_origin_rate: float = Field(100.0, ge=0)  # requests per second per frontend (the Origin header); 0 = off
+    per_origin_burst: int = Field(1000, ge=1)
+    tracked_clients: int = Field(100_000, ge=100)  # buckets kept in memory; the least recently used go first
+    max_streams_per_account: int = Field(50, ge=0)  # streams (browsers) one account may have; 0 = no cap
+    max_accounts_per_endpoint: int = Field(20, ge=0)  # accounts one browser subscription may carry; 0 = no cap
+    request_read_timeout: float = Field(10.0, gt=0)  # seconds a client may take to send a request head, and a body
+    keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle HTTP connection stays open
+    # Reverse proxies whose X-Forwarded-For names the client IP.
+    forwarded_allow_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+
+
+class SecuritySettings(_Section):
+    # Only frontends listed in [[gateways]] with a key may use the public API (header X-Gateway-Key).
+    require_gateway_key: bool = False
+    # Creating a stream needs a NEP-413 message signed by an access key of the account.
+    require_signed_subscriptions: bool = False
+    near_rpc_url: str = "https://rpc.mainnet.near.org"  # asked whether a public key belongs to an account
+    rpc_timeout: float = Field(5.0, gt=0)  # seconds
+    rpc_cache_seconds: float = Field(300.0, ge=0)  # how long a key's answer from the RPC is reused
+    signature_recipient: str = "near-push-gateway"  # the NEP-413 recipient the frontend must sign for
+    signature_max_age: float = Field(300.0, gt=0)  # seconds a signed message stays valid (and its nonce remembered)
+    allow_function_call_keys: bool = False  # accept signatures by function-call access keys, not only full access
+
+    @field_validator("near_rpc_url")
+    @classmethod
+    def _rpc_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
 class StorageSettings(_Section):
     url: str = "sqlite:///./data/gateway.db"
 
@@ -230,6 +266,7 @@ class GatewaySettings(_Section):
     # whose placeholder has no value in the row is skipped.
     links: dict[str, str] = Field(default_factory=dict)
     default_link: str = ""  # template when no per-type link fits; "" = the gateway's own URL
+    key: str = ""  # API key this frontend sends as X-Gateway-Key; set, it is required for streams of this origin
 
     @field_validator("origin")
     @classmethod
@@ -261,6 +298,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     matching: MatchingSettings = MatchingSettings()
     logging: LoggingSettings = LoggingSettings()
+    limits: LimitsSettings = LimitsSettings()
+    security: SecuritySettings = SecuritySettings()
     watchers: list[WatcherSettings] = Field(default_factory=list)
     gateways: list[GatewaySettings] = Field(default_factory=list)
 

@@ -4,6 +4,7 @@
     ├── ConfigError                 a setting is missing, malformed or unsafe (start-up fails)
     ├── VapidKeyError               the VAPID key file cannot be read or created
     ├── StoreError                  the store cannot be opened or migrated
+    ├── StreamCapReached            an account or endpoint already has its most streams
     └── ApiError                    a request is refused; carries HTTP status + stable code
         ├── BadRequest              400: the body is well-formed JSON but not valid
         ├── Unauthorized            401: missing or wrong bearer token
@@ -32,6 +33,15 @@ class VapidKeyError(GatewayError):
 
 class StoreError(GatewayError):
     """The store cannot be opened or migrated."""
+
+
+class StreamCapReached(GatewayError):
+    """Creating the stream would exceed ``max_streams_per_account`` or ``max_accounts_per_endpoint``."""
+
+    def __init__(self, scope: str, cap: int) -> None:
+        super().__init__(f"{scope} cap of {cap} reached")
+        self.scope = scope  # "account" or "endpoint"
+        self.cap = cap
 
 
 class ApiError(GatewayError):
@@ -69,3 +79,8 @@ class NotFound(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     reason = "Payload Too Large"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    reason = "Service Unavailable"

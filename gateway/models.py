@@ -115,12 +115,25 @@ class PushSubscription(_Body):
     keys: SubscriptionKeys
 
 
+class SignedMessage(_Body):
+    """A NEP-413 ``signMessage`` result with what was signed (see gateway.nep413)."""
+
+    publicKey: Annotated[str, Field(max_length=128)]
+    signature: Annotated[str, Field(max_length=256)]
+    nonce: Annotated[str, Field(max_length=64)]
+    recipient: Annotated[str, Field(max_length=256)]
+    message: Annotated[str, Field(max_length=4096)]
+    callbackUrl: Annotated[str, Field(max_length=2048)] | None = None
+
+
 class CreateStreamRequest(_Body):
     """Body of POST /subscriptions/create (NEAR notifications server, unchanged)."""
 
     accountId: AccountId
     gateway: GatewayUrl
     subscription: PushSubscription
+    # Proof of account ownership; read only when [security] require_signed_subscriptions is on.
+    signed: SignedMessage | None = None
 
 
 class DeleteStreamRequest(_Body):

@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.dispatcher import Dispatcher
 from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
+from gateway.slowclients import protocol_with_head_timeout
 from gateway.store import Store, open_store
 from gateway.webpush import (
     PushClient,
@@ -158,7 +159,18 @@ class Gateway:
         settings = self.settings
         sock = bind_socket(settings.server.host, settings.server.port)
         port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        limits = settings.limits
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            http=protocol_with_head_timeout(limits.request_read_timeout),
+            timeout_keep_alive=int(limits.keep_alive_timeout),
+            proxy_headers=True,
+            forwarded_allow_ips=limits.forwarded_allow_ips,
+        )
         self._server = _Server(config)
         if self._stopping:
             self._server.should_exit = True

@@ -19,6 +19,7 @@ import pytest
 from gateway.endpoints import endpoint_hash
 from gateway.models import Event, MatchPolicy
 from gateway.store.base import Outcome, Store
+from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Clock, row
@@ -237,7 +238,7 @@ async def test_stores_opening_together_apply_each_migration_once(make_store: Cal
         assert [await s.counts() for s in stores] == [{"streams": 1, "accounts": 1}] * 4
         if isinstance(stores[0], PostgresStore):
             rows = await stores[0].pool.fetch("SELECT name FROM schema_migrations")
-            assert sorted(r[0] for r in rows) == ["0001_initial"]
+            assert sorted(r[0] for r in rows) == [name for name, _ in PG_MIGRATIONS]
     finally:
         for s in stores:
             await s.close()

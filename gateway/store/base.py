@@ -66,8 +66,25 @@ class Store(Protocol):
         """Raise when the store cannot answer (health check)."""
 
     # --- streams and preferences (the public API) ---
-    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
-        """Create or refresh a stream; True when it was new."""
+    async def upsert_stream(
+        self,
+        account_id: str,
+        gateway: str,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        *,
+        max_per_account: int = 0,
+        max_per_endpoint: int = 0,
+    ) -> bool:
+        """Create or refresh a stream; True when it was new.
+
+        A new stream beyond ``max_per_account`` streams of the account, or ``max_per_endpoint``
+        accounts on the endpoint, raises ``StreamCapReached`` (0 = no cap). Refreshing never does.
+        """
+
+    async def use_nonce(self, nonce: str, expires_at: float) -> bool:
+        """Remember a signed request's nonce until ``expires_at``; False when it was already used."""
 
     async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
         """Delete the endpoint's streams (only ``account_id``'s when given); returns how many."""

@@ -19,7 +19,7 @@ import anyio
 import asyncpg
 
 from gateway.endpoints import endpoint_hash
-from gateway.exceptions import StoreError
+from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.base import DeadLetter, Outcome
@@ -94,6 +94,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Nonces of signed requests (NEP-413), remembered until the signature expires: no replays.
+        "0002_used_nonces",
+        """
+        CREATE TABLE used_nonces (nonce TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL);
+        CREATE INDEX used_nonces_expiry ON used_nonces (expires_at);
+        """,
+    ),
 ]
 
 
@@ -159,22 +167,66 @@ class PostgresStore:
 
     # --- streams ---------------------------------------------------------------------------
 
-    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
+    async def upsert_stream(
+        self,
+        account_id: str,
+        gateway: str,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        *,
+        max_per_account: int = 0,
+        max_per_endpoint: int = 0,
+    ) -> bool:
         now = self._clock()
-        inserted: bool = await self.pool.fetchval(
-            "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (endpoint_hash, account_id) DO UPDATE SET "
-            "gateway = EXCLUDED.gateway, endpoint = EXCLUDED.endpoint, p256dh = EXCLUDED.p256dh, "
-            "auth = EXCLUDED.auth, updated_at = EXCLUDED.updated_at RETURNING (xmax = 0)",
-            account_id,
-            gateway,
-            endpoint,
-            endpoint_hash(endpoint),
-            p256dh,
-            auth,
-            now,
-        )
-        return inserted
+        ehash = endpoint_hash(endpoint)
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5 "
+                "WHERE endpoint_hash = $6 AND account_id = $7",
+                gateway,
+                p256dh,
+                auth,
+                endpoint,
+                now,
+                ehash,
+                account_id,
+            )
+            if updated != "UPDATE 0":
+                return False
+            caps = (
+                ("account", "SELECT count(*) FROM streams WHERE account_id = $1", account_id, max_per_account),
+                ("endpoint", "SELECT count(*) FROM streams WHERE endpoint_hash = $1", ehash, max_per_endpoint),
+            )
+            for scope, count_sql, value, cap in caps:
+                if cap:
+                    # Serialise creates per account and per endpoint so concurrent ones cannot overshoot
+                    # (always account first, then endpoint: no lock cycle).
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{scope}:{value}")
+                    if await conn.fetchval(count_sql, value) >= cap:
+                        raise StreamCapReached(scope, cap)
+            inserted: bool = await conn.fetchval(
+                "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, "
+                "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (endpoint_hash, account_id) "
+                "DO UPDATE SET gateway = EXCLUDED.gateway, endpoint = EXCLUDED.endpoint, p256dh = EXCLUDED.p256dh, "
+                "auth = EXCLUDED.auth, updated_at = EXCLUDED.updated_at RETURNING (xmax = 0)",
+                account_id,
+                gateway,
+                endpoint,
+                ehash,
+                p256dh,
+                auth,
+                now,
+            )
+            return inserted
+
+    async def use_nonce(self, nonce: str, expires_at: float) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM used_nonces WHERE nonce = $1 AND expires_at < $2", nonce, self._clock())
+            status = await conn.execute(
+                "INSERT INTO used_nonces VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING", nonce, expires_at
+            )
+        return bool(status == "INSERT 0 1")
 
     async def delete_streams(self, endpoint: str, account_id: str | None = None) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -435,6 +487,7 @@ class PostgresStore:
 
     async def purge(self, older_than: float) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM used_nonces WHERE expires_at < $1", self._clock())
             status = await conn.execute(
                 "DELETE FROM deliveries WHERE status <> 'pending' AND finished_at < $1", older_than
             )

@@ -21,7 +21,7 @@ import anyio.to_thread
 import sqlite_utils
 
 from gateway.endpoints import endpoint_hash
-from gateway.exceptions import StoreError
+from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.base import DeadLetter, Outcome
@@ -108,6 +108,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         # No query reads it, and every finished push paid to maintain it.
         "0003_drop_unused_endpoint_index",
         "DROP INDEX deliveries_by_endpoint;",
+    ),
+    (
+        # Nonces of signed requests (NEP-413), remembered until the signature expires: no replays.
+        "0004_used_nonces",
+        """
+        CREATE TABLE used_nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+        CREATE INDEX used_nonces_expiry ON used_nonces (expires_at);
+        """,
     ),
 ]
 
@@ -198,7 +206,17 @@ class SqliteStore:
 
     # --- streams --------------------------------------------------------------------------
 
-    async def upsert_stream(self, account_id: str, gateway: str, endpoint: str, p256dh: str, auth: str) -> bool:
+    async def upsert_stream(
+        self,
+        account_id: str,
+        gateway: str,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        *,
+        max_per_account: int = 0,
+        max_per_endpoint: int = 0,
+    ) -> bool:
         now = self._clock()
         ehash = endpoint_hash(endpoint)
 
@@ -210,6 +228,13 @@ class SqliteStore:
             )
             if cur.rowcount:
                 return False
+            caps = (
+                ("account", "SELECT count(*) FROM streams WHERE account_id = ?", account_id, max_per_account),
+                ("endpoint", "SELECT count(*) FROM streams WHERE endpoint_hash = ?", ehash, max_per_endpoint),
+            )
+            for scope, count_sql, value, cap in caps:
+                if cap and c.execute(count_sql, (value,)).fetchone()[0] >= cap:
+                    raise StreamCapReached(scope, cap)
             c.execute(
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -478,8 +503,18 @@ class SqliteStore:
         """The embedded store serves one process: it always leads."""
         yield _SoleLease()
 
+    async def use_nonce(self, nonce: str, expires_at: float) -> bool:
+        now = self._clock()
+
+        def run(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM used_nonces WHERE nonce = ? AND expires_at < ?", (nonce, now))
+            return bool(c.execute("INSERT OR IGNORE INTO used_nonces VALUES (?, ?)", (nonce, expires_at)).rowcount)
+
+        return await self._tx(run)
+
     async def purge(self, older_than: float) -> int:
         def run(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM used_nonces WHERE expires_at < ?", (self._clock(),))
             n = c.execute(
                 "DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?", (older_than,)
             ).rowcount

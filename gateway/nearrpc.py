@@ -1,0 +1,96 @@
+"""Which access keys an account has, asked of NEAR RPC (``view_access_key``) and cached."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
+
+import httpx
+
+from gateway.exceptions import GatewayError
+
+Permission = Literal["full_access", "function_call"]
+CACHE_ENTRIES = 10_000
+NEGATIVE_CACHE_SECONDS = 30.0  # an unknown key may be added soon; ask again sooner
+NOT_FOUND_CAUSES = frozenset({"UNKNOWN_ACCESS_KEY", "UNKNOWN_ACCOUNT", "INVALID_ACCOUNT"})
+
+
+class RpcUnavailable(GatewayError):
+    """The RPC did not answer, or answered something we cannot read."""
+
+
+def permission_from_answer(answer: Any) -> Permission | None:
+    """The key's permission from a JSON-RPC answer; None when the key or account does not exist."""
+    if not isinstance(answer, dict):
+        raise RpcUnavailable("the RPC answer is not a JSON object")
+    error = answer.get("error")
+    if isinstance(error, dict):
+        cause = error.get("cause")
+        if isinstance(cause, dict) and cause.get("name") in NOT_FOUND_CAUSES:
+            return None
+        raise RpcUnavailable(f"RPC error {str(error.get('name') or error.get('message'))[:80]}")
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise RpcUnavailable("the RPC answer has no result")
+    if "error" in result:  # older nodes report a missing key inside the result
+        if "does not exist" in str(result["error"]):
+            return None
+        raise RpcUnavailable(f"RPC error {str(result['error'])[:80]}")
+    permission = result.get("permission")
+    if permission == "FullAccess":
+        return "full_access"
+    if isinstance(permission, dict) and "FunctionCall" in permission:
+        return "function_call"
+    raise RpcUnavailable("the RPC answer has no permission")
+
+
+class AccessKeys:
+    def __init__(
+        self,
+        rpc_url: str,
+        *,
+        timeout: float,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = rpc_url
+        self._timeout = timeout
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Permission | None]] = OrderedDict()
+
+    async def permission(self, account_id: str, public_key: str) -> Permission | None:
+        key = (account_id, public_key)
+        cached = self._cache.get(key)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self._ask(account_id, public_key)
+        ttl = self._cache_seconds if found is not None else min(self._cache_seconds, NEGATIVE_CACHE_SECONDS)
+        self._cache[key] = (now + ttl, found)
+        self._cache.move_to_end(key)
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return found
+
+    async def _ask(self, account_id: str, public_key: str) -> Permission | None:
+        request = {
+            "jsonrpc": "2.0",
+            "id": "gateway",
+            "method": "query",
+            "params": {
+                "request_type": "view_access_key",
+                "finality": "final",
+                "account_id": account_id,
+                "public_key": public_key,
+            },
+        }
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
+                response = await client.post(self._url, json=request)
+            answer = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise RpcUnavailable(f"NEAR RPC unreachable: {type(exc).__name__}") from exc
+        return permission_from_answer(answer)
