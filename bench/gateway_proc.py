@@ -64,6 +64,10 @@ max_batch = 100000
 max_per_endpoint_per_day = 0
 [logging]
 level = "warning"
+[limits]
+per_ip_rate = 0
+max_streams_per_account = 0
+max_accounts_per_endpoint = 0
 {extra_toml}
 """)
         self.proc = subprocess.Popen(

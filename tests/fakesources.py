@@ -390,3 +390,45 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+class FakeNearRpc:
+    """NEAR JSON-RPC ``query`` / ``view_access_key`` over HTTP, answering as nodes do: the key's
+    permission, or an error whose cause is UNKNOWN_ACCESS_KEY / UNKNOWN_ACCOUNT."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, dict[str, Any]] = {}  # account -> public key -> permission
+        self.requests: list[dict[str, Any]] = []
+        self.down = False
+        self._http = _HttpServer(self._handle)
+        self.url = self._http.url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def add_key(self, account: str, public_key: str, permission: Any = "FullAccess") -> None:
+        self.keys.setdefault(account, {})[public_key] = permission
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = json.loads(h.rfile.read(int(h.headers.get("Content-Length", "0"))))
+        self.requests.append(body)
+        if self.down:
+            _HttpServer.reply(h, 502, b"<html>bad gateway</html>", "text/html")
+            return
+        params = body.get("params", {})
+        assert body.get("method") == "query" and params.get("request_type") == "view_access_key", body
+        account, key = params["account_id"], params["public_key"]
+        if account not in self.keys:
+            answer = {
+                "error": {"name": "HANDLER_ERROR", "cause": {"name": "UNKNOWN_ACCOUNT", "info": {}}, "code": -32000}
+            }
+        elif key not in self.keys[account]:
+            answer = {
+                "error": {"name": "HANDLER_ERROR", "cause": {"name": "UNKNOWN_ACCESS_KEY", "info": {}}, "code": -32000}
+            }
+        else:
+            answer = {
+                "result": {"nonce": 7, "permission": self.keys[account][key], "block_height": 1, "block_hash": "x"}
+            }
+        reply = {"jsonrpc": "2.0", "id": body.get("id"), **answer}
+        _HttpServer.reply(h, 200, json.dumps(reply).encode())

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from gateway.endpoints import endpoint_hash
+from gateway.exceptions import StreamCapReached
 from gateway.models import Event, MatchPolicy
 from gateway.store.base import Outcome, Store
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
@@ -242,3 +243,40 @@ async def test_stores_opening_together_apply_each_migration_once(make_store: Cal
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_stream_caps_hold_when_processes_create_at_once(make_store: Callable[[], Store]) -> None:
+    stores = [make_store() for _ in range(4)]
+    for s in stores:
+        await s.open()
+    capped: list[str] = []
+
+    async def create(s: Store, n: int) -> None:
+        try:
+            await s.upsert_stream("bob.near", "https://near.org", f"{E1}-{n}", P256DH, AUTH, max_per_account=3)
+        except StreamCapReached as exc:
+            capped.append(exc.scope)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(create, stores[n % 4], n)
+        assert (await stores[0].counts())["streams"] == 3
+        assert capped == ["account"] * 9
+        for n in range(3):  # the endpoint side: accounts on one endpoint
+            await stores[0].upsert_stream(f"a{n}.near", "https://near.org", E2, P256DH, AUTH, max_per_endpoint=3)
+        with pytest.raises(StreamCapReached):
+            await stores[1].upsert_stream("a9.near", "https://near.org", E2, P256DH, AUTH, max_per_endpoint=3)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_nonce_is_usable_once_until_it_expires(store: Store, clock: Clock) -> None:
+    assert await store.use_nonce("ed25519:k:n1", clock() + 300) is True
+    assert await store.use_nonce("ed25519:k:n1", clock() + 300) is False
+    assert await store.use_nonce("ed25519:k:n2", clock() + 300) is True
+    clock.now += 301
+    assert await store.use_nonce("ed25519:k:n1", clock() + 300) is True  # expired: forgotten
+    await store.purge(clock() - 86400)
+    assert await store.use_nonce("ed25519:k:n2", clock() + 300) is True
