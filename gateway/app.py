@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -132,6 +132,28 @@ class RateLimit:
         await self.app(scope, receive, send)
 
 
+def _serve_webclient(app: FastAPI) -> None:
+    """The web client's files at the root (the service worker's scope must be /), as explicit GET
+    routes: a catch-all mount would swallow wrong-method API requests (405 with a wrong Allow)."""
+    if not WEBCLIENT_DIR.is_dir():
+        return
+    for file in sorted(WEBCLIENT_DIR.iterdir()):
+        if not file.is_file():
+            continue
+        paths = ["/", "/index.html"] if file.name == "index.html" else [f"/{file.name}"]
+
+        for route in paths:
+            app.add_api_route(route, _file_endpoint(file), methods=["GET", "HEAD"], include_in_schema=False)
+
+
+def _file_endpoint(file: Path) -> Callable[[], Awaitable[FileResponse]]:
+    # The path is closed over, not a parameter: FastAPI would take a parameter from the query string.
+    async def serve() -> FileResponse:
+        return FileResponse(file, headers={"Cache-Control": "no-cache"})
+
+    return serve
+
+
 def create_app(
     settings: Settings,
     store: Store,
@@ -166,8 +188,21 @@ def create_app(
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; the request was not applied")
 
-    if WEBCLIENT_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=WEBCLIENT_DIR, html=True), name="webclient")
+    def openapi() -> dict[str, Any]:
+        # Validation failures answer 400 with ErrorBody (as the NEAR server does), never FastAPI's 422.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    _serve_webclient(app)
 
     s = settings.server
 

@@ -60,3 +60,8 @@ def test_web_client_is_served(gateway: RunningGateway) -> None:
     for asset in ("/main.js", "/sw.js"):
         r = gateway.http.get(asset)
         assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert gateway.http.get("/index.html").text == page.text
+    assert gateway.http.get("/sw.js", params={"path": "/etc/passwd"}).text == r.text  # no file name from a client
+    assert gateway.http.get("/../pyproject.toml").status_code == 404
+    wrong_method = gateway.http.put("/subscriptions/create")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
