@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,6 +59,7 @@ class FakePushService:
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._default: dict[str, Reply] = {}
         self.default_reply = Reply()
+        self.chooser: Callable[[Subscription], Reply] | None = None  # picks each reply (fault injection)
         self.received: list[Received] = []
         self.errors: list[str] = []
         self.in_flight = 0
@@ -76,6 +78,7 @@ class FakePushService:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self._server.handle_error = self._connection_error  # type: ignore[method-assign]
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -125,6 +128,14 @@ class FakePushService:
 
     # --- server side ---------------------------------------------------------------------
 
+    @staticmethod
+    def _connection_error(request: Any, client_address: Any) -> None:
+        """A sender killed mid-request resets its connections: expected in crash tests, not news."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            ThreadingHTTPServer.handle_error(None, request, client_address)  # type: ignore[arg-type]
+
     def _reject(self, h: BaseHTTPRequestHandler, status: int, why: str) -> None:
         with self._cond:
             self.errors.append(why)
@@ -143,7 +154,12 @@ class FakePushService:
             reply = None
             if sub is not None:
                 queue = self._scripts[sub.id]
-                reply = queue.popleft() if queue else self._default.get(sub.id, self.default_reply)
+                if queue:
+                    reply = queue.popleft()
+                elif sub.id in self._default:
+                    reply = self._default[sub.id]
+                else:
+                    reply = self.chooser(sub) if self.chooser is not None else self.default_reply
         if sub is None or reply is None:
             return self._reject(h, 404, "no such subscription")
         now = time.time()
