@@ -328,3 +328,54 @@ def test_pushsubscriptionchange_registers_the_new_subscription(
     gateway.ingest(row(5, value_type="like"))
     [push] = fake_push.wait_count(new, 1)  # the gateway now pushes to the new subscription
     assert push.payload is not None and push.payload["id"] == 5
+
+
+SIGN_LIKE_A_WALLET = """async () => {
+  // A NEP-413 signMessage in the page: ed25519 over sha256(borsh(tag, message, nonce, recipient, none)).
+  const enc = new TextEncoder();
+  const u32 = (n) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, n, true); return b; };
+  const str = (s) => { const b = enc.encode(s); return [u32(b.length), b]; };
+  window.__wallet = async ({ message, recipient, nonce }) => {
+    const parts = [u32(2 ** 31 + 413), ...str(message), nonce, ...str(recipient), new Uint8Array([0])];
+    const digest = await crypto.subtle.digest("SHA-256", await new Blob(parts).arrayBuffer());
+    const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, window.__key.privateKey, digest));
+    return { publicKey: window.__publicKey, signature: btoa(String.fromCharCode(...sig)) };
+  };
+  window.__key = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
+  return Array.from(new Uint8Array(await crypto.subtle.exportKey("raw", window.__key.publicKey)));
+}"""
+
+
+def test_module_subscribes_with_a_wallet_signature_and_a_gateway_key(
+    start_gateway: Any, fake_push: FakePushService, browser: Any
+) -> None:
+    from gateway.nep413 import b58encode
+    from tests.fakesources import FakeNearRpc
+
+    rpc = FakeNearRpc()
+    try:
+        gw = start_gateway(
+            gateways=[{"origin": "https://near.social", "key": "social-key"}],
+            security={"require_signed_subscriptions": True, "require_gateway_key": True, "near_rpc_url": rpc.url},
+        )
+        sub = fake_push.subscribe()
+        browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
+        page = open_client(browser, gw)
+        public_key = "ed25519:" + b58encode(bytes(page.evaluate(SIGN_LIKE_A_WALLET)))
+        page.evaluate("k => { window.__publicKey = k; }", public_key)
+        rpc.add_key("alice.near", public_key)
+        page.evaluate(
+            """async () => {
+              const m = await import("/main.js");
+              await m.subscribe("alice.near", { gateway: "https://near.social", gatewayKey: "social-key",
+                                                sign: window.__wallet });
+            }"""
+        )
+        [stream] = gw.query("SELECT account_id, gateway, endpoint FROM streams")
+        assert tuple(stream) == ("alice.near", "https://near.social", sub.endpoint)
+        assert [r["params"]["public_key"] for r in rpc.requests] == [public_key]
+        assert len(gw.query("SELECT * FROM used_nonces")) == 1
+        page.evaluate("async () => (await import('/main.js')).unsubscribe()")  # sends the stored key
+        assert gw.query("SELECT * FROM streams") == []
+    finally:
+        rpc.close()

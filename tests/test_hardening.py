@@ -358,3 +358,45 @@ def test_rpc_down_answers_503_and_the_signed_message_stays_usable(
     assert stream_count(gw) == 0
     rpc.down = False
     assert gw.post("/subscriptions/create", body).status_code == 201  # the nonce was not spent
+
+
+# --- what logs and errors never show -------------------------------------------------------------
+
+
+def test_logs_and_errors_never_show_keys_tokens_or_full_endpoints(
+    start_gateway: Start, fake_push: FakePushService, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import INGEST_TOKEN, row
+    from tests.fakepush import Reply
+
+    caplog.set_level("DEBUG")
+    gw = start_gateway(gateways=[PARTNER], push={"retry_initial_delay": 0.1, "give_up_after": 0.5})
+    subs = [fake_push.subscribe() for _ in range(5)]
+    replies = [Reply(410), Reply(401), Reply(503), Reply(413), Reply(400, body=b"bad")]
+    answers = []
+    for i, (sub, reply) in enumerate(zip(subs, replies, strict=True)):
+        fake_push.always(sub, reply)
+        body = {"accountId": f"u{i}.near", "gateway": "https://near.social", "subscription": sub.as_json()}
+        answers.append(gw.post("/subscriptions/create", body))
+    gw.ingest([row(n, f"u{n}.near") for n in range(5)])
+    bad = subs[0].as_json() | {"endpoint": subs[0].endpoint.replace("127.0.0.1", "169.254.169.254")}
+    answers.append(
+        gw.post("/subscriptions/create", {"accountId": "x.near", "gateway": "https://a.b", "subscription": bad})
+    )
+    answers.append(gw.post("/subscriptions/delete", {"endpoint": fake_push.subscribe().endpoint}))
+    answers.append(gw.post("/subscriptions/create", {"accountId": "x.near"}, headers={"X-Gateway-Key": "guess"}))
+    answers.append(gw.http.post("/events", json=[], headers={"Authorization": "Bearer wrong-token"}))
+    deadline = time.monotonic() + 15
+    while gw.query("SELECT count(*) FROM deliveries WHERE status = 'pending'")[0][0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    statuses = {r[0] for r in gw.query("SELECT status FROM deliveries")}
+    assert {"gone", "rejected", "dead"} <= statuses  # the failure paths were really taken and logged
+    secrets = [INGEST_TOKEN, PARTNER["key"], "wrong-token", "PRIVATE KEY"]
+    for sub in subs:
+        secrets += [sub.id, sub.keys.p256dh, sub.keys.auth_b64]
+    shown = [r.getMessage() for r in caplog.records] + [a.text for a in answers]
+    logged = " ".join(shown)
+    assert "subscription gone" in logged and "rejected our VAPID" in logged  # those paths did log
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text, f"{secret[:6]}… shown in: {text[:200]}"

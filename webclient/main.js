@@ -26,10 +26,10 @@ function keyBytes(base64url) {
   return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 }
 
-async function post(server, path, body) {
-  const r = await fetch(`${server}${path}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+async function post(server, path, body, gatewayKey = null) {
+  const headers = { "Content-Type": "application/json" };
+  if (gatewayKey) headers["X-Gateway-Key"] = gatewayKey;
+  const r = await fetch(`${server}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
   if (!r.ok) {
     const err = await r.json().catch(() => ({}));
     throw Object.assign(new Error(err.message || `HTTP ${r.status}`), { code: err.code });
@@ -66,8 +66,17 @@ export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
  * Ask permission (call this from a click handler), subscribe the browser and register the stream.
  * `gateway` is the frontend whose pages notifications open (default: this page's origin).
  */
+// Proof of account ownership for gateways with [security] require_signed_subscriptions:
+// `sign({message, recipient, nonce})` is the wallet's NEP-413 signMessage, answering {publicKey, signature}.
+async function signedMessage(sign, { accountId, gateway, endpoint, recipient }) {
+  const nonce = crypto.getRandomValues(new Uint8Array(32));
+  const message = JSON.stringify({ action: "subscribe", accountId, gateway, endpoint, timestamp: Date.now() });
+  const { publicKey, signature } = await sign({ message, recipient, nonce });
+  return { publicKey, signature, nonce: btoa(String.fromCharCode(...nonce)), recipient, message };
+}
+
 export async function subscribe(accountId, { gateway = location.origin, server = GATEWAY_URL,
-  serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  serviceWorker = `${GATEWAY_URL}/sw.js`, gatewayKey = null, sign = null, recipient = "near-push-gateway" } = {}) {
   if (!supported()) throw Object.assign(new Error("Push notifications are not supported here"), { code: "unsupported" });
   const permission = await Notification.requestPermission();
   if (permission !== "granted") throw Object.assign(new Error("Notifications are blocked"), { code: "blocked" });
@@ -76,9 +85,12 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
   const sub = (await reg.pushManager.getSubscription()) ||
     (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(publicKey) }));
-  await post(server, "/subscriptions/create", { accountId, gateway, subscription: sub.toJSON() });
+  const body = { accountId, gateway, subscription: sub.toJSON() };
+  if (sign) body.signed = await signedMessage(sign, { accountId, gateway, endpoint: sub.endpoint, recipient });
+  await post(server, "/subscriptions/create", body, gatewayKey);
   const state = await readState();
   state.server = server;
+  state.gatewayKey = gatewayKey;
   state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
   await writeState(state);
   return sub;
@@ -90,7 +102,7 @@ export async function unsubscribe({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {
   const sub = await reg.pushManager.getSubscription();
   const state = await readState();
   if (sub) {
-    await post(state.server || GATEWAY_URL, "/subscriptions/delete", { endpoint: sub.endpoint }).catch(() => {});
+    await post(state.server || GATEWAY_URL, "/subscriptions/delete", { endpoint: sub.endpoint }, state.gatewayKey).catch(() => {});
     await sub.unsubscribe();
   }
   await writeState({ server: state.server || GATEWAY_URL, streams: [], muted: {} });
@@ -102,7 +114,8 @@ export async function setMuted(accountId, type, muted, { serviceWorker = `${GATE
   const sub = await reg.pushManager.getSubscription();
   if (!sub) throw Object.assign(new Error("Not subscribed"), { code: "unsubscribed" });
   const state = await readState();
-  await post(state.server || GATEWAY_URL, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type, block: muted });
+  await post(state.server || GATEWAY_URL, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type, block: muted },
+    state.gatewayKey);
   state.muted = { ...state.muted, [`${accountId}/${type}`]: muted };
   await writeState(state);
 }

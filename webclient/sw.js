@@ -91,10 +91,10 @@ async function readState() {
   return hit ? hit.json() : null;
 }
 
-async function post(server, path, body) {
-  return fetch(`${server}${path}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+async function post(server, path, body, gatewayKey = null) {
+  const headers = { "Content-Type": "application/json" };
+  if (gatewayKey) headers["X-Gateway-Key"] = gatewayKey;
+  return fetch(`${server}${path}`, { method: "POST", headers, body: JSON.stringify(body) });
 }
 
 // The browser replaced the subscription (expiry, key rotation): register the new one for every account.
@@ -112,14 +112,16 @@ self.addEventListener("pushsubscriptionchange", (event) => {
     }
     const subscription = typeof sub.toJSON === "function" ? sub.toJSON() : sub;
     for (const { accountId, gateway } of state.streams) {
-      await post(server, "/subscriptions/create", { accountId, gateway, subscription });
+      // Unsigned: a gateway requiring signed subscriptions refuses it (a worker has no wallet); the
+      // frontend subscribes again, signed, on the next visit.
+      await post(server, "/subscriptions/create", { accountId, gateway, subscription }, state.gatewayKey);
     }
     // Mutes live with the endpoint on the gateway: carry them over to the new one.
     for (const [key, muted] of Object.entries(state.muted || {})) {
       const [accountId, ...type] = key.split("/");
-      if (muted) await post(server, "/preferences/set", { accountId, endpoint: subscription.endpoint, dapp: type.join("/"), block: true });
+      if (muted) await post(server, "/preferences/set", { accountId, endpoint: subscription.endpoint, dapp: type.join("/"), block: true }, state.gatewayKey);
     }
     const old = event.oldSubscription && event.oldSubscription.endpoint;
-    if (old && old !== subscription.endpoint) await post(server, "/subscriptions/delete", { endpoint: old });
+    if (old && old !== subscription.endpoint) await post(server, "/subscriptions/delete", { endpoint: old }, state.gatewayKey);
   })());
 });
