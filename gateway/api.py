@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from gateway.config import Settings
@@ -26,6 +27,7 @@ from gateway.exceptions import (
 )
 from gateway.links import gateway_origin
 from gateway.matcher import policy_from
+from gateway.metrics import Metrics
 from gateway.models import (
     CreateStreamRequest,
     DeleteStreamRequest,
@@ -50,6 +52,7 @@ class ApiContext:
     vapid_public_key: str
     on_ingest: Callable[[], None]
     watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict
+    metrics: Metrics = field(default_factory=Metrics)
     access_keys: AccessKeys = field(init=False)
 
     def __post_init__(self) -> None:
@@ -221,6 +224,14 @@ async def healthz(request: Request) -> JSONResponse:
     except Exception:  # any store failure is "unhealthy", never a 500
         return JSONResponse({"status": "unavailable"}, status_code=503)
     return JSONResponse({"status": "ok", **counts, "watchers": ctx.watcher_states()})
+
+
+@router.get("/metrics", tags=["gateway"], response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text exposition: deliveries, latencies, outbox depth, streams, watchers."""
+    ctx = _ctx(request)
+    body = await ctx.metrics.render(ctx.store.counts, ctx.watcher_states)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
 EVENTS_SCHEMA = {

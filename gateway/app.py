@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.api import ApiContext, describe_validation_error, router
 from gateway.config import LimitsSettings, Settings
 from gateway.exceptions import ApiError
+from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.store.base import Store
 
@@ -97,15 +98,22 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-UNLIMITED_PATHS = frozenset({"/events", "/healthz"})  # token-protected or for probes
+UNLIMITED_PATHS = frozenset({"/events", "/healthz", "/metrics"})  # token-protected or for probes and scrapers
 
 
 class RateLimit:
     """429 with Retry-After when a client IP, or a frontend origin, exceeds its token bucket."""
 
-    def __init__(self, app: ASGIApp, limits: LimitsSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: LimitsSettings,
+        on_refused: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.clock = clock
+        self.on_refused = on_refused
         self.per_ip = RateLimiter(limits.per_ip_rate, limits.per_ip_burst, limits.tracked_clients)
         self.per_origin = RateLimiter(limits.per_origin_rate, limits.per_origin_burst, limits.tracked_clients)
 
@@ -121,6 +129,7 @@ class RateLimit:
             if origin is not None:
                 wait = self.per_origin.take(origin.decode("latin-1")[:256], now)
         if wait:
+            self.on_refused()
             limited = error_response(
                 429,
                 "rate_limited",
@@ -160,13 +169,14 @@ def create_app(
     vapid_public_key: str,
     on_ingest: Callable[[], None] = lambda: None,
     watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="NEAR push gateway",
         version=__version__,
         description="Event-stream subscription gateway: NEAR activity to Web Push notifications.",
     )
-    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest, watcher_states)
+    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest, watcher_states, metrics or Metrics())
     app.include_router(router)
 
     @app.exception_handler(ApiError)
@@ -210,7 +220,8 @@ def create_app(
         return s.max_events_body_bytes if path == "/events" else s.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for, read_timeout=settings.limits.request_read_timeout)
-    app.add_middleware(RateLimit, limits=settings.limits)  # before the body is read
+    refused = app.state.ctx.metrics.api_requests.labels("rate_limited").inc
+    app.add_middleware(RateLimit, limits=settings.limits, on_refused=refused)  # before the body is read
     # Browsers call the NEAR routes from the gateway frontends' origins.
     app.add_middleware(
         CORSMiddleware,

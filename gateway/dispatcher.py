@@ -18,6 +18,7 @@ import anyio
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
 from gateway.endpoints import origin_of, redact
+from gateway.metrics import Metrics
 from gateway.models import Claim
 from gateway.payload import build_payload
 from gateway.store.base import Outcome, Store
@@ -78,8 +79,10 @@ class Dispatcher:
         links: Mapping[str, Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._links = links or {}
+        self._metrics = metrics
         self._store = store
         self._sender = sender
         self._settings = settings
@@ -153,19 +156,31 @@ class Dispatcher:
     async def _deliver(self, claim: Claim) -> None:
         try:
             stream = claim.stream
+            started = time.perf_counter()
             try:
                 plaintext = self._payload(claim)
                 answer = await self._sender.send(stream.endpoint, stream.p256dh, stream.auth, plaintext)
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
                 answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")
-            outcome = decide(claim, answer, self._settings, self._clock(), self._rng)
+            now = self._clock()
+            outcome = decide(claim, answer, self._settings, now, self._rng)
             self._log(claim, answer, outcome)
+            if self._metrics is not None:
+                self._measure(claim, outcome, time.perf_counter() - started, now)
             self._outcomes.append(outcome)
             self._outcomes_waiting.set()
         finally:
             self._free += 1
             self._slot_freed.set()
+
+    def _measure(self, claim: Claim, outcome: Outcome, send_seconds: float, now: float) -> None:
+        assert self._metrics is not None
+        host = origin_of(claim.stream.endpoint).split("://", 1)[-1]
+        self._metrics.outcome(outcome.status, host)
+        self._metrics.send_seconds.labels(host).observe(send_seconds)
+        if outcome.status == "sent":
+            self._metrics.event_to_push_seconds.observe(max(0.0, now - claim.event_created_at))
 
     def _payload(self, claim: Claim) -> bytes:
         key = (claim.event_key, claim.stream.gateway, claim.compact)

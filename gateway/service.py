@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.dispatcher import Dispatcher
 from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
+from gateway.metrics import Metrics
 from gateway.slowclients import protocol_with_head_timeout
 from gateway.store import Store, open_store
 from gateway.webpush import (
@@ -122,7 +123,8 @@ class Gateway:
                 timeout=push.request_timeout,
                 concurrency_per_origin=push.concurrency_per_origin,
             ) as client:
-                dispatcher = Dispatcher(store, client, push, links=settings.link_templates)
+                metrics = Metrics()
+                dispatcher = Dispatcher(store, client, push, links=settings.link_templates, metrics=metrics)
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
                 wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
                 sink = StoreSink(store, policy_from(settings.matching), wake)
@@ -144,6 +146,7 @@ class Gateway:
                             signer.public_key,
                             on_ingest=wake,
                             watcher_states=lambda: {w.name: w.state.snapshot() for w in watchers},
+                            metrics=metrics,
                         )
                         await self._serve_api(app, task_status)
                     else:

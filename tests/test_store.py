@@ -280,3 +280,50 @@ async def test_a_nonce_is_usable_once_until_it_expires(store: Store, clock: Cloc
     assert await store.use_nonce("ed25519:k:n1", clock() + 300) is True  # expired: forgotten
     await store.purge(clock() - 86400)
     assert await store.use_nonce("ed25519:k:n2", clock() + 300) is True
+
+
+async def test_operators_list_and_delete_streams(store: Store) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.upsert_stream("bob.near", "https://near.social", E2, P256DH, AUTH)
+    await store.upsert_stream("carol.near", "https://near.org", E1, P256DH, AUTH)
+    await store.set_preference("bob.near", E1, "like", True)
+    await store.set_preference("bob.near", E1, "devhub/mention", True)
+    bobs = await store.list_streams(account_id="bob.near")
+    assert [(i.stream.endpoint, i.muted) for i in bobs] == [(E2, ()), (E1, ("devhub/mention", "like"))]
+    on_e1 = await store.list_streams(endpoint_hash=endpoint_hash(E1))
+    assert sorted(i.stream.account_id for i in on_e1) == ["bob.near", "carol.near"]
+    assert len(await store.list_streams(limit=2)) == 2
+    await store.ingest([event(1, value_type="comment")], MatchPolicy())  # queued for bob's two endpoints
+    assert await store.delete_streams_of(account_id="bob.near") == 2
+    assert [i.stream.account_id for i in await store.list_streams()] == ["carol.near"]
+    assert (await store.counts()).get("deliveries_cancelled") == 2
+    assert await store.delete_streams_of(endpoint_hash=endpoint_hash(E1)) == 1
+    assert await store.list_streams() == []
+
+
+async def test_operators_retry_and_purge_dead_letters(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(n) for n in range(1, 5)], MatchPolicy())
+    claims = await store.claim(10, 30)
+    await store.record(
+        [Outcome(c.delivery_id, "dead", 400, "HTTP 400 bad") for c in claims[:3]]
+        + [Outcome(claims[3].delivery_id, "sent", 201)]
+    )
+    history = await store.delivery_history(clock.now - 3600)
+    assert {(status, n) for _, status, n in history} == {("dead", 3), ("sent", 1)}
+    assert all(minute % 60 == 0 and minute <= clock.now for minute, _, _ in history)
+    assert await store.failing_hosts(clock.now - 3600) == [("fcm.googleapis.com", 3)]
+    assert await store.retry_dead_letters([claims[0].delivery_id]) == 1
+    [again] = await store.claim(10, 30)
+    assert again.delivery_id == claims[0].delivery_id and again.attempts == 1
+    assert await store.purge_dead_letters([claims[1].delivery_id]) == 1
+    assert [d.delivery_id for d in await store.dead_letters()] == [claims[2].delivery_id]
+    assert await store.retry_dead_letters() == 1
+    assert await store.purge_dead_letters() == 0  # the retried one is pending now, not dead
+    assert await store.retry_dead_letters([]) == 0
+
+
+async def test_set_cursor_moves_a_watcher(store: Store) -> None:
+    await store.set_cursor("queryapi", "100")
+    await store.set_cursor("queryapi", "42")
+    assert await store.get_cursor("queryapi") == "42"

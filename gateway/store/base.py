@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.models import Claim, Event, IngestResult, MatchPolicy
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
 
@@ -47,6 +47,16 @@ class DeadLetter:
     attempts: int
     created_at: float
     finished_at: float | None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A stream as operators see it (admin API and CLI)."""
+
+    stream: Stream
+    created_at: float
+    updated_at: float
+    muted: tuple[str, ...]
 
 
 class Lease(Protocol):
@@ -125,6 +135,30 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Streams, accounts and deliveries by status (health and metrics)."""
+
+    # --- operators (admin API and CLI) ---
+    async def list_streams(
+        self, *, account_id: str | None = None, endpoint_hash: str | None = None, limit: int = 100
+    ) -> list[StreamInfo]:
+        """Streams, newest first, of one account or one endpoint (hash), or all."""
+
+    async def delete_streams_of(self, *, account_id: str | None = None, endpoint_hash: str | None = None) -> int:
+        """Delete every stream of an account or of an endpoint (hash); cancels what was queued for them."""
+
+    async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
+        """Queue dead or rejected deliveries again (these ids, or all), due now, attempts reset."""
+
+    async def purge_dead_letters(self, ids: list[int] | None = None) -> int:
+        """Delete dead or rejected deliveries (these ids, or all)."""
+
+    async def delivery_history(self, since: float) -> list[tuple[int, str, int]]:
+        """(minute as epoch seconds, status, count) of deliveries finished since ``since``."""
+
+    async def failing_hosts(self, since: float, limit: int = 5) -> list[tuple[str, int]]:
+        """Push-service hosts with the most deliveries that failed (dead, rejected, or retrying) since ``since``."""
+
+    async def set_cursor(self, source: str, value: str) -> None:
+        """Move a watcher's cursor (replays)."""
 
     async def purge(self, older_than: float) -> int:
         """Delete finished deliveries and events created before ``older_than`` (epoch seconds)."""

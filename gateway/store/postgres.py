@@ -22,7 +22,8 @@ from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
-from gateway.store.base import DeadLetter, Outcome
+from gateway.store.admin import count_hosts, id_filter, stream_info
+from gateway.store.base import DeadLetter, Outcome, StreamInfo
 from gateway.store.sqlite import utc_day
 
 MIGRATION_LOCK = 0x6761_7465  # pg_advisory_xact_lock key: one migrating process at a time
@@ -451,6 +452,75 @@ class PostgresStore:
             )
             for r in rows
         ]
+
+    async def list_streams(
+        self, *, account_id: str | None = None, endpoint_hash: str | None = None, limit: int = 100
+    ) -> list[StreamInfo]:
+        rows = await self.pool.fetch(
+            "SELECT s.*, ARRAY(SELECT value_type FROM preferences p WHERE p.endpoint_hash = s.endpoint_hash "
+            "AND p.account_id = s.account_id) AS muted FROM streams s "
+            "WHERE ($1::text IS NULL OR s.account_id = $1) AND ($2::text IS NULL OR s.endpoint_hash = $2) "
+            "ORDER BY s.id DESC LIMIT $3",
+            account_id,
+            endpoint_hash,
+            limit,
+        )
+        return [stream_info(r, r["muted"]) for r in rows]
+
+    async def delete_streams_of(self, *, account_id: str | None = None, endpoint_hash: str | None = None) -> int:
+        now = self._clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            pairs = await conn.fetch(
+                "SELECT endpoint_hash, account_id FROM streams WHERE ($1::text IS NULL OR account_id = $1) "
+                "AND ($2::text IS NULL OR endpoint_hash = $2)",
+                account_id,
+                endpoint_hash,
+            )
+            return sum([await _delete_streams(conn, ehash, account, now) for ehash, account in pairs])
+
+    async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
+        chosen, args = id_filter(ids, "$2")
+        status = await self.pool.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = $1, lease_until = NULL, "  # noqa: S608
+            f"finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected'){chosen}",
+            self._clock(),
+            *args,
+        )
+        return int(status.split()[-1])
+
+    async def purge_dead_letters(self, ids: list[int] | None = None) -> int:
+        chosen, args = id_filter(ids, "$1")
+        status = await self.pool.execute(
+            f"DELETE FROM deliveries WHERE status IN ('dead', 'rejected'){chosen}",  # noqa: S608
+            *args,
+        )
+        return int(status.split()[-1])
+
+    async def delivery_history(self, since: float) -> list[tuple[int, str, int]]:
+        rows = await self.pool.fetch(
+            "SELECT (floor(finished_at / 60) * 60)::bigint AS minute, status, COUNT(*) FROM deliveries "
+            "WHERE status <> 'pending' AND finished_at >= $1 GROUP BY 1, 2 ORDER BY 1",
+            since,
+        )
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def failing_hosts(self, since: float, limit: int = 5) -> list[tuple[str, int]]:
+        rows = await self.pool.fetch(
+            "SELECT s.endpoint FROM deliveries d JOIN streams s ON s.id = d.stream_id "
+            "WHERE (d.status IN ('dead', 'rejected') AND d.finished_at >= $1) "
+            "OR (d.status = 'pending' AND d.attempts > 0)",
+            since,
+        )
+        return count_hosts([r[0] for r in rows], limit)
+
+    async def set_cursor(self, source: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO cursors VALUES ($1, $2, $3) ON CONFLICT (source) DO UPDATE SET value = EXCLUDED.value, "
+            "updated_at = EXCLUDED.updated_at",
+            source,
+            value,
+            self._clock(),
+        )
 
     async def counts(self) -> dict[str, int]:
         async with self.pool.acquire() as conn:

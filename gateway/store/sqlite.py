@@ -24,7 +24,10 @@ from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
-from gateway.store.base import DeadLetter, Outcome
+from gateway.store.admin import count_hosts as _count_hosts
+from gateway.store.admin import id_filter as _id_filter
+from gateway.store.admin import stream_info as _stream_info
+from gateway.store.base import DeadLetter, Outcome, StreamInfo
 
 T = TypeVar("T")
 
@@ -486,6 +489,84 @@ class SqliteStore:
 
         return await self._run(run)
 
+    async def list_streams(
+        self, *, account_id: str | None = None, endpoint_hash: str | None = None, limit: int = 100
+    ) -> list[StreamInfo]:
+        where, args = _stream_filter(account_id, endpoint_hash)
+
+        def run(c: sqlite3.Connection) -> list[StreamInfo]:
+            rows = c.execute(
+                f"SELECT s.*, (SELECT group_concat(value_type, char(31)) FROM preferences p "  # noqa: S608
+                f"WHERE p.endpoint_hash = s.endpoint_hash AND p.account_id = s.account_id) AS muted "
+                f"FROM streams s WHERE {where} ORDER BY s.id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [_stream_info(r, (r["muted"] or "").split("\x1f") if r["muted"] else []) for r in rows]
+
+        return await self._run(run)
+
+    async def delete_streams_of(self, *, account_id: str | None = None, endpoint_hash: str | None = None) -> int:
+        where, args = _stream_filter(account_id, endpoint_hash)
+        now = self._clock()
+
+        def run(c: sqlite3.Connection) -> int:
+            pairs = c.execute(f"SELECT endpoint_hash, account_id FROM streams s WHERE {where}", args).fetchall()  # noqa: S608
+            return sum(_delete_streams(c, ehash, account, now) for ehash, account in pairs)
+
+        return await self._tx(run)
+
+    async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
+        chosen, args = _id_filter(ids, "?")
+        now = self._clock()
+        return await self._tx(
+            lambda c: int(
+                c.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = ?, lease_until = NULL, "  # noqa: S608
+                    f"finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected'){chosen}",
+                    (now, *args),
+                ).rowcount
+            )
+        )
+
+    async def purge_dead_letters(self, ids: list[int] | None = None) -> int:
+        chosen, args = _id_filter(ids, "?")
+        return await self._tx(
+            lambda c: int(
+                c.execute(f"DELETE FROM deliveries WHERE status IN ('dead', 'rejected'){chosen}", args).rowcount  # noqa: S608
+            )
+        )
+
+    async def delivery_history(self, since: float) -> list[tuple[int, str, int]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, status, COUNT(*) FROM deliveries "
+                "WHERE status != 'pending' AND finished_at >= ? GROUP BY minute, status ORDER BY minute",
+                (since,),
+            ).fetchall()
+        )
+        return [(int(m), str(st), int(n)) for m, st, n in rows]
+
+    async def failing_hosts(self, since: float, limit: int = 5) -> list[tuple[str, int]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT s.endpoint FROM deliveries d JOIN streams s ON s.id = d.stream_id "
+                "WHERE (d.status IN ('dead', 'rejected') AND d.finished_at >= ?) "
+                "OR (d.status = 'pending' AND d.attempts > 0)",
+                (since,),
+            ).fetchall()
+        )
+        return _count_hosts([r[0] for r in rows], limit)
+
+    async def set_cursor(self, source: str, value: str) -> None:
+        now = self._clock()
+        await self._tx(
+            lambda c: c.execute(
+                "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (source) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (source, value, now),
+            )
+        )
+
     async def counts(self) -> dict[str, int]:
         def run(c: sqlite3.Connection) -> dict[str, int]:
             out: dict[str, Any] = {
@@ -532,6 +613,17 @@ class SqliteStore:
 class _SoleLease:
     async def wait_lost(self) -> None:
         await anyio.sleep_forever()
+
+
+def _stream_filter(account_id: str | None, endpoint_hash: str | None) -> tuple[str, list[str]]:
+    clauses, args = ["1 = 1"], []
+    if account_id is not None:
+        clauses.append("s.account_id = ?")
+        args.append(account_id)
+    if endpoint_hash is not None:
+        clauses.append("s.endpoint_hash = ?")
+        args.append(endpoint_hash)
+    return " AND ".join(clauses), args
 
 
 def _delete_streams(c: sqlite3.Connection, ehash: str, account_id: str | None, now: float) -> int:

@@ -1,0 +1,125 @@
+"""Prometheus metrics (prometheus-client), one registry per gateway process.
+
+Counters and histograms are updated where things happen (dispatcher, API); gauges that describe
+shared state (outbox depth, streams, watchers) are read when Prometheus scrapes, so each process
+reports the database's truth and its own watchers. Every name here is listed in README (a test checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Outcome label values of gateway_deliveries_total.
+OUTCOMES = ("sent", "retried", "gone", "dead_lettered", "vapid_rejected", "cancelled")
+_OUTCOME_OF_STATUS = {
+    "sent": "sent",
+    "retry": "retried",
+    "gone": "gone",
+    "dead": "dead_lettered",
+    "rejected": "vapid_rejected",
+    "cancelled": "cancelled",
+}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class _SharedState(Collector):
+    """Gauges read at scrape time: the store's counts and this process's watchers."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.watchers: dict[str, dict[str, Any]] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        outbox = GaugeMetricFamily("gateway_outbox_depth", "Deliveries waiting to be sent (due or scheduled)")
+        outbox.add_metric([], self.counts.get("deliveries_pending", 0))
+        streams = GaugeMetricFamily("gateway_streams", "Stored streams (account, gateway, browser)")
+        streams.add_metric([], self.counts.get("streams", 0))
+        accounts = GaugeMetricFamily("gateway_accounts", "Accounts with at least one stream")
+        accounts.add_metric([], self.counts.get("accounts", 0))
+        yield from (outbox, streams, accounts)
+
+        labels = ["watcher", "kind"]
+        connected = GaugeMetricFamily(
+            "gateway_watcher_connected", "1 while the watcher's source is connected", labels=labels
+        )
+        lag_s = GaugeMetricFamily(
+            "gateway_watcher_lag_seconds", "Seconds the newest block seen is behind now", labels=labels
+        )
+        lag_b = GaugeMetricFamily(
+            "gateway_watcher_lag_blocks", "Blocks the watcher is behind the chain head", labels=labels
+        )
+        height = GaugeMetricFamily(
+            "gateway_watcher_block_height", "Newest block height the watcher has seen", labels=labels
+        )
+        events = CounterMetricFamily(
+            "gateway_events_ingested", "Events the watcher handed to the matcher", labels=labels
+        )
+        faults = CounterMetricFamily("gateway_watcher_faults", "Input the watcher skipped", labels=[*labels, "fault"])
+        reconnects = CounterMetricFamily("gateway_watcher_reconnects", "Reconnects of the watcher", labels=labels)
+        for name, state in self.watchers.items():
+            key = [name, str(state.get("kind", ""))]
+            connected.add_metric(key, 1.0 if state.get("connected") else 0.0)
+            if state.get("lag_seconds") is not None:
+                lag_s.add_metric(key, float(state["lag_seconds"]))
+            if state.get("lag_blocks") is not None:
+                lag_b.add_metric(key, float(state["lag_blocks"]))
+            if state.get("last_block_height") is not None:
+                height.add_metric(key, float(state["last_block_height"]))
+            events.add_metric(key, float(state.get("events", 0)))
+            reconnects.add_metric(key, float(state.get("reconnects", 0)))
+            for fault, count in dict(state.get("faults", {})).items():
+                faults.add_metric([*key, fault], float(count))
+        yield from (connected, lag_s, lag_b, height, events, faults, reconnects)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._shared = _SharedState()
+        self.registry.register(self._shared)
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Push attempts by outcome and push-service host",
+            ["outcome", "push_host"],
+            registry=self.registry,
+        )
+        self.send_seconds = Histogram(
+            "gateway_push_send_seconds",
+            "Time for one push-service request, answer included",
+            ["push_host"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.event_to_push_seconds = Histogram(
+            "gateway_event_to_push_seconds",
+            "From the event's arrival at the gateway to its push being accepted",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "gateway_api_requests_refused",
+            "Public API requests refused before any work, by reason (rate_limited, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def outcome(self, status: str, push_host: str) -> None:
+        self.deliveries.labels(_OUTCOME_OF_STATUS.get(status, status), push_host).inc()
+
+    async def render(
+        self,
+        counts: Callable[[], Awaitable[dict[str, int]]],
+        watchers: Callable[[], dict[str, dict[str, Any]]],
+    ) -> bytes:
+        """The text exposition, with the shared gauges read now."""
+        try:
+            self._shared.counts = await counts()
+        except Exception:  # the store is down: the counters still matter, the gauges go stale-free empty
+            self._shared.counts = {}
+        self._shared.watchers = watchers()
+        return generate_latest(self.registry)
