@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from gateway.config import Settings
+from gateway.dispatcher import Sender
 from gateway.endpoints import is_allowed
 from gateway.exceptions import (
     BadRequest,
@@ -53,6 +54,7 @@ class ApiContext:
     on_ingest: Callable[[], None]
     watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict
     metrics: Metrics = field(default_factory=Metrics)
+    sender: Sender | None = None  # the push client, in processes that send (admin send-test)
     access_keys: AccessKeys = field(init=False)
 
     def __post_init__(self) -> None:

@@ -17,9 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import __version__
+from gateway import __version__, admin
 from gateway.api import ApiContext, describe_validation_error, router
 from gateway.config import LimitsSettings, Settings
+from gateway.dispatcher import Sender
 from gateway.exceptions import ApiError
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, retry_after_header
@@ -170,14 +171,19 @@ def create_app(
     on_ingest: Callable[[], None] = lambda: None,
     watcher_states: Callable[[], dict[str, dict[str, Any]]] = dict,
     metrics: Metrics | None = None,
+    sender: Sender | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="NEAR push gateway",
         version=__version__,
         description="Event-stream subscription gateway: NEAR activity to Web Push notifications.",
     )
-    app.state.ctx = ApiContext(settings, store, vapid_public_key, on_ingest, watcher_states, metrics or Metrics())
+    app.state.ctx = ApiContext(
+        settings, store, vapid_public_key, on_ingest, watcher_states, metrics or Metrics(), sender
+    )
     app.include_router(router)
+    app.include_router(admin.router)
+    app.include_router(admin.page)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

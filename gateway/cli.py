@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import anyio
 
 from gateway import __version__
+from gateway.commands import add_operator_commands
 from gateway.config import Settings, load_settings
 from gateway.exceptions import GatewayError
+from gateway.logfmt import setup_logging
 from gateway.webpush import generate_key_file, public_key_b64, read_key_file
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.logging.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(settings.logging)
 
 
 ROLE_COMMANDS = {
@@ -74,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     vapid.add_argument("action", choices=["show", "generate"])
     vapid.add_argument("--config", metavar="FILE")
     vapid.set_defaults(func=_vapid)
+    add_operator_commands(sub)
     return parser
 
 

@@ -286,6 +286,11 @@ class GatewaySettings(_Section):
 
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "kv", "json"] = "text"  # text for people, kv (key=value) or json for log pipelines
+
+
+class AdminSettings(_Section):
+    token: str = ""  # bearer token for /admin (dashboard) and /admin/api; empty disables them
 
 
 class Settings(BaseSettings):
@@ -298,6 +303,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     matching: MatchingSettings = MatchingSettings()
     logging: LoggingSettings = LoggingSettings()
+    admin: AdminSettings = AdminSettings()
     limits: LimitsSettings = LimitsSettings()
     security: SecuritySettings = SecuritySettings()
     watchers: list[WatcherSettings] = Field(default_factory=list)

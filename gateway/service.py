@@ -147,6 +147,7 @@ class Gateway:
                             on_ingest=wake,
                             watcher_states=lambda: {w.name: w.state.snapshot() for w in watchers},
                             metrics=metrics,
+                            sender=client,
                         )
                         await self._serve_api(app, task_status)
                     else:
