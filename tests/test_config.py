@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -123,23 +124,41 @@ def test_every_watcher_kind_is_documented_with_every_key_at_its_default() -> Non
 
 
 def test_every_route_and_command_is_in_the_readme() -> None:
+    from gateway.app import create_app
+    from gateway.cli import build_parser
+
     readme = (ROOT / "README.md").read_text()
-    for route in (
-        "POST /subscriptions/create",
-        "POST /subscriptions/delete",
-        "POST /preferences/set",
-        "GET /vapid-public-key",
-        "POST /events",
-        "GET /healthz",
-        "GET /openapi.json",
-    ):
-        assert route in readme, route
-    for command in (
-        "gateway serve",
-        "gateway api",
-        "gateway worker",
-        "gateway watch",
-        "gateway vapid show",
-        "gateway vapid generate",
-    ):
-        assert command in readme, command
+    app = create_app(load_settings(), store=None, vapid_public_key="unused")  # type: ignore[arg-type]
+    routes = [
+        (method, path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+        if method in ("get", "post", "delete", "put")
+    ]
+    assert len(routes) >= 14
+    for method, path in [*routes, ("get", "/admin")]:
+        assert f"{method.upper()} {path}" in readme, f"{method.upper()} {path}"
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.choices.items():
+        action = next((a for a in sub._actions if a.dest == "action"), None)
+        for choice in action.choices if action is not None and action.choices else [""]:
+            command = f"gateway {name} {choice}".strip()
+            assert f"`{command}" in readme, command
+
+
+def test_every_metric_is_in_the_readme() -> None:
+    from prometheus_client.core import CounterMetricFamily
+
+    from gateway.metrics import Metrics
+
+    readme = (ROOT / "README.md").read_text()
+    families = list(Metrics().registry.collect())
+    assert len(families) >= 13
+    for family in families:
+        name = (
+            f"{family.name}_total"
+            if isinstance(family, CounterMetricFamily) or family.type == "counter"
+            else family.name
+        )
+        assert f"`{name}`" in readme, name
