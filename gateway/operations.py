@@ -11,6 +11,7 @@ from typing import Any
 from gateway.dispatcher import Sender
 from gateway.endpoints import redact
 from gateway.store.base import DeadLetter, Store, StreamInfo
+from gateway.webpush import Verdict
 
 OVERVIEW_WINDOW = 3600.0  # seconds of history the dashboard shows
 TEST_TAG = "gateway-test"
@@ -65,6 +66,8 @@ async def send_test(store: Store, sender: Sender, account_id: str) -> list[dict[
     for info in await store.list_streams(account_id=account_id, limit=1000):
         s = info.stream
         answer = await sender.send(s.endpoint, s.p256dh, s.auth, test_payload(account_id, s.gateway))
+        if answer.verdict is Verdict.GONE:  # as the dispatcher would: the browser unsubscribed
+            await store.delete_streams(s.endpoint)
         results.append(
             {
                 "streamId": s.id,
