@@ -379,3 +379,91 @@ def test_module_subscribes_with_a_wallet_signature_and_a_gateway_key(
         assert gw.query("SELECT * FROM streams") == []
     finally:
         rpc.close()
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:
+    """Width, height and RGB(A) pixels of an 8-bit non-interlaced PNG (what Chromium writes)."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8 and color in (2, 6)
+            channels = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw, stride, rows, prev = zlib.decompress(idat), width * channels, [], bytearray(width * channels)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(line)
+        prev = line
+    pixels = [tuple(r[x * channels : x * channels + 3]) for r in rows for x in range(width)]
+    return width, height, pixels
+
+
+def test_operator_dashboard_shows_flow_failures_and_dead_letters(
+    start_gateway: Any, fake_push: FakePushService, browser: Any, tmp_path: Path
+) -> None:
+    from tests.fakepush import Reply
+    from tests.fakesources import GraphQLWsServer, wait_until
+
+    source = GraphQLWsServer([row(n, "bob.near", blockHeight=170_000_000 + n) for n in range(1, 4)])
+    try:
+        watcher = {"name": "qa", "kind": "queryapi", "url": source.url, "start_block_height": 170_000_000}
+        gw = start_gateway(admin={"token": "dash-token"}, watchers=[watcher])
+        bob = subscribe(gw, fake_push, "bob.near")
+        carol = subscribe(gw, fake_push, "carol.near")
+        fake_push.always(carol, Reply(400, body=b"InvalidTokenFormat"))
+        gw.ingest([row(10 + n, "bob.near", "comment") for n in range(4)] + [row(20, "carol.near")])
+        fake_push.wait_count(bob, 4)
+        assert wait_until(lambda: gw.query("SELECT count(*) FROM deliveries WHERE status = 'dead'")[0][0] == 1)
+
+        page = browser.new_page()
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(gw.url + "/admin")
+        assert page.locator("#board").is_hidden()  # nothing shown before the token
+        page.fill("#token", "dash-token")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#status[data-state=ok]")
+        assert page.locator("#outbox").inner_text() == "0"
+        assert "2 streams" in page.locator("#counts").inner_text()
+        watcher_row = page.locator("#watchers tbody tr").first.inner_text()
+        assert "qa" in watcher_row and "connected" in watcher_row and "170000003" in watcher_row
+        assert fake_push.url.removeprefix("http://") in page.locator("#hosts tbody").inner_text()
+        dead_row = page.locator("#deadletters tbody tr").first.inner_text()
+        assert "carol.near" in dead_row and "InvalidTokenFormat" in dead_row and "400" in dead_row
+        bars = page.eval_on_selector_all("#chart rect", "rs => rs.map(r => [r.dataset.status, +r.dataset.count])")
+        assert sum(n for s, n in bars if s == "sent") == 4 and sum(n for s, n in bars if s == "dead") == 1
+
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        width, height, pixels = png_pixels(shot.read_bytes())
+        assert width == 1280 and height >= 600
+        sent_blue, dead_red = (0x2E, 0x90, 0xFA), (0xF0, 0x44, 0x38)
+        assert pixels.count(sent_blue) > 50 and pixels.count(dead_red) > 20  # the bars are really drawn
+        page.evaluate("sessionStorage.setItem('adminToken', 'wrong')")
+        page.reload()
+        page.wait_for_selector("#status[data-state=error]")
+        assert page.locator("#board").is_hidden()
+        page.close()
+    finally:
+        source.close()
