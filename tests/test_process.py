@@ -243,3 +243,38 @@ reconnect_initial_delay = 0.2
         assert restarted.terminate() == 0
     finally:
         source.close()
+
+
+@pytest.mark.slow
+def test_sigterm_releases_in_flight_claims_and_exits_within_the_bound(
+    tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
+) -> None:
+    config = write_config(tmp_path, fake_push, "concurrency = 8\nclaim_lease = 600.0\nrequest_timeout = 30.0")
+    subs = [fake_push.subscribe() for _ in range(4)]
+    for sub in subs:
+        fake_push.always(sub, Reply(201, delay=20.0))  # a push service that hangs
+    gw = GatewayProcess(tmp_path, ["--config", str(config)], env={"GATEWAY_INGEST__TOKEN": INGEST_TOKEN})
+    procs.append(gw)
+    for i, sub in enumerate(subs):
+        body = {"accountId": f"acc{i}.near", "gateway": "https://near.org", "subscription": sub.as_json()}
+        assert gw.http.post("/subscriptions/create", json=body).status_code == 201
+    rows = [row(n, f"acc{n % 4}.near") for n in range(1, 21)]
+    assert gw.http.post("/events", json=rows, headers={"Authorization": f"Bearer {INGEST_TOKEN}"}).status_code == 202
+    assert fake_push.wait_for(lambda: fake_push.in_flight == 8, timeout=10)  # the pool is busy
+    started = time.monotonic()
+    assert gw.terminate(timeout=15) == 0
+    assert time.monotonic() - started < 7  # stop taking work, give in-flight pushes a bounded time, exit
+    assert "gateway stopped" in "".join(gw.stderr)
+    leased = _query(tmp_path / "gw.db", "SELECT count(*) FROM deliveries WHERE lease_until IS NOT NULL")
+    assert leased == [(0,)], "claims still held after a clean stop"
+    assert _query(tmp_path / "gw.db", "SELECT status, count(*) FROM deliveries GROUP BY status") == [("pending", 20)]
+
+    for sub in subs:
+        fake_push.always(sub, Reply(201))
+    again = GatewayProcess(tmp_path, ["--config", str(config)])
+    procs.append(again)
+    # Released, not leased for 600 s: the restarted process sends them at once.
+    assert fake_push.wait_for(
+        lambda: len([r for r in fake_push.received if r.status == 201 and r.at >= started]) >= 20, 15
+    )
+    assert again.terminate() == 0
