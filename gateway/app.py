@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__, admin
@@ -142,6 +144,20 @@ class RateLimit:
         await self.app(scope, receive, send)
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (routers included into the app walked too)."""
+    methods: set[str] = set()
+    pending: list[Any] = list(app.routes)
+    while pending:
+        route = pending.pop()
+        if isinstance(route, APIRoute | Route):
+            if route.methods and route.path_regex.match(path):
+                methods |= route.methods
+        elif hasattr(route, "original_router"):  # an included APIRouter (we include without a prefix)
+            pending += route.original_router.routes
+    return sorted(methods)
+
+
 def _serve_webclient(app: FastAPI) -> None:
     """The web client's files at the root (the service worker's scope must be /), as explicit GET
     routes: a catch-all mount would swallow wrong-method API requests (405 with a wrong Allow)."""
@@ -195,9 +211,12 @@ def create_app(
         return error_response(400, code, message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = REASONS.get(exc.status_code, "error").lower().replace(" ", "_")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names one route's methods; a path may have several routes
+            headers = {"Allow": ", ".join(allowed_methods(app, request.url.path))}
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

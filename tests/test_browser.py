@@ -426,7 +426,7 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
     from tests.fakepush import Reply
     from tests.fakesources import GraphQLWsServer, wait_until
 
-    source = GraphQLWsServer([row(n, "bob.near", blockHeight=170_000_000 + n) for n in range(1, 4)])
+    source = GraphQLWsServer([row(n, "dave.near", blockHeight=170_000_000 + n) for n in range(1, 4)])
     try:
         watcher = {"name": "qa", "kind": "queryapi", "url": source.url, "start_block_height": 170_000_000}
         gw = start_gateway(admin={"token": "dash-token"}, watchers=[watcher])

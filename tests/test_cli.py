@@ -65,3 +65,5 @@ def test_web_client_is_served(gateway: RunningGateway) -> None:
     assert gateway.http.get("/../pyproject.toml").status_code == 404
     wrong_method = gateway.http.put("/subscriptions/create")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    admin_streams = gateway.http.put("/admin/api/streams")
+    assert admin_streams.status_code == 405 and admin_streams.headers["allow"] == "DELETE, GET"
