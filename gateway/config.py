@@ -289,6 +289,12 @@ class LoggingSettings(_Section):
     format: Literal["text", "kv", "json"] = "text"  # text for people, kv (key=value) or json for log pipelines
 
 
+class MetricsSettings(_Section):
+    # Seconds between asks for the chain head (NEAR RPC at [security] near_rpc_url), for each NEAR
+    # watcher's lag in blocks; 0 = never ask.
+    chain_head_interval: float = Field(15.0, ge=0)
+
+
 class AdminSettings(_Section):
     token: str = ""  # bearer token for /admin (dashboard) and /admin/api; empty disables them
 
@@ -304,6 +310,7 @@ class Settings(BaseSettings):
     matching: MatchingSettings = MatchingSettings()
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
     security: SecuritySettings = SecuritySettings()
     watchers: list[WatcherSettings] = Field(default_factory=list)

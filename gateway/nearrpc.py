@@ -94,3 +94,17 @@ class AccessKeys:
         except (httpx.HTTPError, ValueError) as exc:
             raise RpcUnavailable(f"NEAR RPC unreachable: {type(exc).__name__}") from exc
         return permission_from_answer(answer)
+
+
+async def chain_head(rpc_url: str, timeout: float) -> int:  # noqa: ASYNC109  (an HTTP client timeout)
+    """The height of the newest final block (RPC ``block``, finality final)."""
+    request = {"jsonrpc": "2.0", "id": "gateway", "method": "block", "params": {"finality": "final"}}
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            answer = (await client.post(rpc_url, json=request)).json()
+        height = answer["result"]["header"]["height"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise RpcUnavailable(f"NEAR RPC block: {type(exc).__name__}") from exc
+    if not isinstance(height, int):
+        raise RpcUnavailable("NEAR RPC block: no integer height")
+    return height

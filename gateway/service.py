@@ -22,6 +22,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
 from gateway.metrics import Metrics
+from gateway.nearrpc import RpcUnavailable, chain_head
 from gateway.slowclients import protocol_with_head_timeout
 from gateway.store import Store, open_store
 from gateway.webpush import (
@@ -37,6 +38,7 @@ from watchers import Watcher, build_watcher
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between retention purges
+NEAR_KINDS = frozenset({"queryapi", "near-actions", "social-index"})  # their cursors are NEAR block heights
 
 
 def load_vapid_signer(settings: Settings) -> VapidSigner:
@@ -135,6 +137,9 @@ class Gateway:
                         tg.start_soon(self._housekeeping, store)
                     for watcher in watchers:
                         tg.start_soon(self._lead, store, watcher)
+                    near_watchers = [w for w in watchers if w.kind in NEAR_KINDS]
+                    if near_watchers and settings.metrics.chain_head_interval > 0:
+                        tg.start_soon(self._follow_chain_head, near_watchers)
                     if threading.current_thread() is threading.main_thread():
                         tg.start_soon(self._stop_on_signal)
                     print(f"VAPID public key: {signer.public_key}", flush=True)
@@ -194,6 +199,21 @@ class Gateway:
                     await lease.wait_lost()
                     tg.cancel_scope.cancel()
             log.warning("watcher %s: leadership lost; waiting to lead again", watcher.name)
+
+    async def _follow_chain_head(self, watchers: list[Watcher]) -> None:
+        """Ask NEAR RPC for the chain head now and then, so each NEAR watcher knows its lag in blocks."""
+        security, failed = self.settings.security, False
+        while True:
+            try:
+                head = await chain_head(security.near_rpc_url, security.rpc_timeout)
+                for watcher in watchers:
+                    watcher.state.chain_head = head
+                failed = False
+            except RpcUnavailable as exc:
+                if not failed:  # once per outage
+                    log.warning("chain head unknown (%s): watcher lag in blocks is not reported", exc)
+                failed = True
+            await anyio.sleep(self.settings.metrics.chain_head_interval)
 
     async def _stop_on_signal(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -400,6 +400,7 @@ class FakeNearRpc:
         self.keys: dict[str, dict[str, Any]] = {}  # account -> public key -> permission
         self.requests: list[dict[str, Any]] = []
         self.down = False
+        self.head = 0  # the chain head's height, for method "block"
         self._http = _HttpServer(self._handle)
         self.url = self._http.url
 
@@ -416,6 +417,10 @@ class FakeNearRpc:
             _HttpServer.reply(h, 502, b"<html>bad gateway</html>", "text/html")
             return
         params = body.get("params", {})
+        if body.get("method") == "block":
+            reply = {"jsonrpc": "2.0", "id": body.get("id"), "result": {"header": {"height": self.head}}}
+            _HttpServer.reply(h, 200, json.dumps(reply).encode())
+            return
         assert body.get("method") == "query" and params.get("request_type") == "view_access_key", body
         account, key = params["account_id"], params["public_key"]
         if account not in self.keys:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cli import main
 from tests.conftest import RunningGateway, row
 from tests.fakepush import FakePushService, Reply, Subscription
-from tests.fakesources import GraphQLWsServer, wait_until
+from tests.fakesources import FakeNearRpc, GraphQLWsServer, wait_until
 
 Start = Callable[..., RunningGateway]
 ADMIN = "admin-secret-token"
@@ -86,20 +86,32 @@ def test_metrics_count_deliveries_by_outcome_and_host_with_latencies(
 
 def test_metrics_show_each_watcher_and_refused_requests(start_gateway: Start, fake_push: FakePushService) -> None:
     source = GraphQLWsServer([row(n, "bob.near", blockHeight=150_000_000 + n) for n in range(1, 6)])
+    rpc = FakeNearRpc()
+    rpc.head = 150_000_012
     try:
         watcher = {"name": "qa", "kind": "queryapi", "url": source.url, "start_block_height": 150_000_000}
-        gw = start_gateway(watchers=[watcher], limits={"per_ip_rate": 0.1, "per_ip_burst": 1})
+        gw = start_gateway(
+            watchers=[watcher],
+            limits={"per_ip_rate": 0.1, "per_ip_burst": 1},
+            security={"near_rpc_url": rpc.url},
+            metrics={"chain_head_interval": 0.1},
+        )
         key = (("kind", "queryapi"), ("watcher", "qa"))
         assert wait_until(lambda: samples(gw).get(("gateway_events_ingested_total", key)) == 5)
         m = samples(gw)
         assert m[("gateway_watcher_connected", key)] == 1
         assert m[("gateway_watcher_block_height", key)] == 150_000_005
         assert m[("gateway_watcher_reconnects_total", key)] == 0
+        assert wait_until(lambda: samples(gw).get(("gateway_watcher_lag_blocks", key)) == 7)  # head − newest seen
+        rpc.head += 3
+        assert wait_until(lambda: samples(gw).get(("gateway_watcher_lag_blocks", key)) == 10)
+        assert gw.http.get("/healthz").json()["watchers"]["qa"]["lag_blocks"] == 10
         gw.http.get("/vapid-public-key")
         assert gw.http.get("/vapid-public-key").status_code == 429
         assert samples(gw)[("gateway_api_requests_refused_total", (("reason", "rate_limited"),))] == 1
     finally:
         source.close()
+        rpc.close()
 
 
 # --- admin API ------------------------------------------------------------------------------
@@ -243,12 +255,12 @@ def test_cli_replay_rereads_a_range_without_pushing_twice(
     source = GraphQLWsServer([row(n, "bob.near", blockHeight=base + n) for n in range(1, 21)])
     try:
         watcher = {"name": "qa", "kind": "queryapi", "url": source.url, "start_block_height": base}
-        gw = start_gateway(watchers=[watcher])
-        sub = subscribe(gw, fake_push, "bob.near")
-        # Rows 1..20 were ingested before the stream existed; they are stored (dedupe window) but unsent.
+        gw = start_gateway(watchers=[watcher], matching={"max_per_endpoint_per_day": 0})
+        # Rows 1..20 are ingested before the stream exists: stored (the dedupe window) but never sent.
         assert wait_until(
             lambda: [tuple(r) for r in gw.query("SELECT value FROM cursors WHERE source = 'qa'")] == [(str(base + 20),)]
         )
+        sub = subscribe(gw, fake_push, "bob.near")
         # The indexer back-fills rows it had missed at old heights: only a replay can find them.
         source.add_rows([row(100 + n, "bob.near", "comment", blockHeight=base + 5 + n) for n in range(3)])
         capsys.readouterr()  # what the in-process gateway printed at start

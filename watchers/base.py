@@ -58,6 +58,7 @@ class WatcherState:
     faults: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     last_error: str | None = None
+    chain_head: int | None = None  # newest final block of the chain, when known (NEAR RPC)
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -70,6 +71,11 @@ class WatcherState:
             "last_event_at": self.last_event_at,
             "last_block_height": self.last_block_height,
             "lag_seconds": lag,
+            "lag_blocks": (
+                max(0, self.chain_head - self.last_block_height)
+                if self.chain_head is not None and self.last_block_height is not None
+                else None
+            ),
             "seconds_since_last_frame": silent,
             "events": self.events,
             "deliveries": self.deliveries,
