@@ -19,7 +19,7 @@ from gateway.operations import dead_letter_view, send_test, stream_view
 from gateway.replay import ReplayProgress, progress_bar, replay
 from gateway.store import open_store
 from gateway.store.base import Store
-from gateway.webpush import PushClient, VapidSigner, read_key_file
+from gateway.webpush import VapidSigner, read_key_file
 
 T = TypeVar("T")
 
@@ -121,16 +121,11 @@ def send_test_command(args: argparse.Namespace) -> int:
     if not key_file.exists():
         raise ConfigError(f"vapid.private_key_file: {key_file} does not exist (start the gateway once to create it)")
     signer = VapidSigner(read_key_file(key_file), settings.vapid.subject)
-    push = settings.push
 
     async def job(store: Store) -> list[dict[str, Any]]:
-        async with PushClient(
-            signer,
-            ttl=push.ttl,
-            urgency=push.urgency,
-            timeout=push.request_timeout,
-            concurrency_per_origin=push.concurrency_per_origin,
-        ) as client:
+        from gateway.service import push_client
+
+        async with push_client(signer, settings.push) as client:
             return await send_test(store, client, args.account)
 
     results = _with_store(args, job)

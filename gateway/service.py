@@ -17,7 +17,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import PushSettings, Settings
 from gateway.dispatcher import Dispatcher
 from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
@@ -62,6 +62,17 @@ def load_vapid_signer(settings: Settings) -> VapidSigner:
             settings.vapid.subject,
         )
     return VapidSigner(key, settings.vapid.subject)
+
+
+def push_client(signer: VapidSigner, push: PushSettings) -> PushClient:
+    """The push client as ``[push]`` configures it (the dispatcher's, and the CLI's send-test)."""
+    return PushClient(
+        signer,
+        ttl=push.ttl,
+        urgency=push.urgency,
+        timeout=push.request_timeout,
+        concurrency_per_origin=push.concurrency_per_origin,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -118,13 +129,7 @@ class Gateway:
             self._stop_event.set()
         try:
             push = settings.push
-            async with PushClient(
-                signer,
-                ttl=push.ttl,
-                urgency=push.urgency,
-                timeout=push.request_timeout,
-                concurrency_per_origin=push.concurrency_per_origin,
-            ) as client:
+            async with push_client(signer, push) as client:
                 metrics = Metrics()
                 dispatcher = Dispatcher(store, client, push, links=settings.link_templates, metrics=metrics)
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
