@@ -171,7 +171,7 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row
             db = sqlite_utils.Database(conn)
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes
             db.execute("PRAGMA foreign_keys = ON")
             self._migrate(db)
@@ -613,6 +613,19 @@ class SqliteStore:
 class _SoleLease:
     async def wait_lost(self) -> None:
         await anyio.sleep_forever()
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL. Processes opening a new file together can see "database is locked" here at
+    once: SQLite does not always wait on the busy timeout for a journal-mode change, so retry."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _stream_filter(account_id: str | None, endpoint_hash: str | None) -> tuple[str, list[str]]:
