@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from gateway.api import ApiContext, ErrorBody
+from gateway.api import ApiContext, ErrorBody, bearer_matches
 from gateway.exceptions import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from gateway.operations import dead_letter_view, overview, send_test, stream_view
 
@@ -23,8 +22,7 @@ def _admin(request: Request, authorization: Annotated[str | None, Header()] = No
     token = ctx.settings.admin.token
     if not token:
         raise Forbidden("admin_disabled", "the admin API is disabled: set [admin] token to enable it")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_matches(authorization, token):
         raise Unauthorized("unauthorized", "missing or wrong admin bearer token")
     return ctx
 

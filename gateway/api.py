@@ -103,6 +103,17 @@ def _ctx(request: Request) -> ApiContext:
     return ctx
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Compare a client's secret with ours in constant time."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization: Bearer <token>`` header carries ``token``."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and same_secret(given.strip(), token)
+
+
 def _check_endpoint(ctx: ApiContext, endpoint: str, field: str) -> None:
     if not is_allowed(endpoint, ctx.settings.push.endpoint_prefixes):
         raise BadRequest("endpoint_not_allowed", f"{field} is not on this gateway's push-service allow-list")
@@ -116,11 +127,11 @@ def _check_gateway_key(ctx: ApiContext, given: str | None, gateway: str | None) 
         origin = gateway_origin(gateway)
         entry = next((g for g in entries if g.key and gateway_origin(g.origin) == origin), None)
         if entry is not None:
-            if given is None or not hmac.compare_digest(given.encode(), entry.key.encode()):
+            if given is None or not same_secret(given, entry.key):
                 raise Unauthorized("invalid_gateway_key", f"X-Gateway-Key is missing or wrong for {origin}")
             return
     if given is not None:
-        if not any(g.key and hmac.compare_digest(given.encode(), g.key.encode()) for g in entries):
+        if not any(g.key and same_secret(given, g.key) for g in entries):
             raise Unauthorized("invalid_gateway_key", "X-Gateway-Key is not a key of any configured gateway")
         if gateway is not None:  # a known key, used for a gateway it was not issued for
             raise Unauthorized("invalid_gateway_key", "X-Gateway-Key does not belong to this gateway's origin")
@@ -270,8 +281,7 @@ async def ingest_events(
     token = ctx.settings.ingest.token
     if not token:
         raise Forbidden("ingest_disabled", "POST /events is disabled: set [ingest] token to enable it")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_matches(authorization, token):
         raise Unauthorized("unauthorized", "missing or wrong bearer token")
     if not SOURCE_NAME.match(source):
         raise BadRequest("invalid_source", "source must match [a-z0-9][a-z0-9._-]{0,63}")

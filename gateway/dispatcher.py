@@ -17,7 +17,7 @@ import anyio
 
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
-from gateway.endpoints import origin_of, redact
+from gateway.endpoints import origin_of, push_host, redact
 from gateway.metrics import Metrics
 from gateway.models import Claim
 from gateway.payload import build_payload
@@ -176,7 +176,7 @@ class Dispatcher:
 
     def _measure(self, claim: Claim, outcome: Outcome, send_seconds: float, now: float) -> None:
         assert self._metrics is not None
-        host = origin_of(claim.stream.endpoint).split("://", 1)[-1]
+        host = push_host(claim.stream.endpoint)
         self._metrics.outcome(outcome.status, host)
         self._metrics.send_seconds.labels(host).observe(send_seconds)
         if outcome.status == "sent":

@@ -94,6 +94,12 @@ def origin_of(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
+@functools.lru_cache(maxsize=65536)
+def push_host(endpoint: str) -> str:
+    """``host[:port]`` of the push service: the label metrics and the dashboard group by."""
+    return origin_of(endpoint).split("://", 1)[-1]
+
+
 def redact(endpoint: str) -> str:
     """What logs may show of an endpoint: its origin and hash, never the capability path."""
     return f"{origin_of(endpoint)}/…#{endpoint_hash(endpoint)[:12]}"

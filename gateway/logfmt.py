@@ -22,26 +22,26 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, str]:
+    fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
+    fields["msg"] = record.getMessage()
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts=… level=… logger=… msg="…"`` (logfmt), one line per record."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
-        fields["msg"] = record.getMessage()
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+        return " ".join(f"{k}={_quote(v)}" for k, v in _fields(self, record).items())
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg (and exc)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
-        fields["msg"] = record.getMessage()
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return json.dumps(fields, ensure_ascii=False)
+        return json.dumps(_fields(self, record), ensure_ascii=False)
 
 
 def formatter_for(style: str) -> logging.Formatter:

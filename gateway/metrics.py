@@ -119,7 +119,7 @@ class Metrics:
         """The text exposition, with the shared gauges read now."""
         try:
             self._shared.counts = await counts()
-        except Exception:  # the store is down: the counters still matter, the gauges go stale-free empty
+        except Exception:  # the store is down: report the counters, and no gauges rather than stale ones
             self._shared.counts = {}
         self._shared.watchers = watchers()
         return generate_latest(self.registry)

@@ -76,35 +76,32 @@ class AccessKeys:
         return found
 
     async def _ask(self, account_id: str, public_key: str) -> Permission | None:
-        request = {
-            "jsonrpc": "2.0",
-            "id": "gateway",
-            "method": "query",
-            "params": {
-                "request_type": "view_access_key",
-                "finality": "final",
-                "account_id": account_id,
-                "public_key": public_key,
-            },
+        params = {
+            "request_type": "view_access_key",
+            "finality": "final",
+            "account_id": account_id,
+            "public_key": public_key,
         }
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
-                response = await client.post(self._url, json=request)
-            answer = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise RpcUnavailable(f"NEAR RPC unreachable: {type(exc).__name__}") from exc
-        return permission_from_answer(answer)
+        return permission_from_answer(await rpc_call(self._url, self._timeout, "query", params))
+
+
+async def rpc_call(rpc_url: str, timeout: float, method: str, params: dict[str, Any]) -> Any:  # noqa: ASYNC109
+    """One JSON-RPC call; its decoded answer (errors included). Never follows a redirect."""
+    request = {"jsonrpc": "2.0", "id": "gateway", "method": method, "params": params}
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            return (await client.post(rpc_url, json=request)).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RpcUnavailable(f"NEAR RPC {method}: {type(exc).__name__}") from exc
 
 
 async def chain_head(rpc_url: str, timeout: float) -> int:  # noqa: ASYNC109  (an HTTP client timeout)
     """The height of the newest final block (RPC ``block``, finality final)."""
-    request = {"jsonrpc": "2.0", "id": "gateway", "method": "block", "params": {"finality": "final"}}
+    answer = await rpc_call(rpc_url, timeout, "block", {"finality": "final"})
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            answer = (await client.post(rpc_url, json=request)).json()
         height = answer["result"]["header"]["height"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise RpcUnavailable(f"NEAR RPC block: {type(exc).__name__}") from exc
+    except (KeyError, TypeError) as exc:
+        raise RpcUnavailable("NEAR RPC block: no header height") from exc
     if not isinstance(height, int):
         raise RpcUnavailable("NEAR RPC block: no integer height")
     return height

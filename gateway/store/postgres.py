@@ -22,7 +22,7 @@ from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
-from gateway.store.admin import count_hosts, id_filter, stream_info
+from gateway.store.admin import count_hosts, stream_info
 from gateway.store.base import DeadLetter, Outcome, StreamInfo
 from gateway.store.sqlite import utc_day
 
@@ -479,20 +479,19 @@ class PostgresStore:
             return sum([await _delete_streams(conn, ehash, account, now) for ehash, account in pairs])
 
     async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
-        chosen, args = id_filter(ids, "$2")
         status = await self.pool.execute(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = $1, lease_until = NULL, "  # noqa: S608
-            f"finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected'){chosen}",
+            "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = $1, lease_until = NULL, "
+            "finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected') "
+            "AND ($2::bigint[] IS NULL OR id = ANY($2))",
             self._clock(),
-            *args,
+            ids,
         )
         return int(status.split()[-1])
 
     async def purge_dead_letters(self, ids: list[int] | None = None) -> int:
-        chosen, args = id_filter(ids, "$1")
         status = await self.pool.execute(
-            f"DELETE FROM deliveries WHERE status IN ('dead', 'rejected'){chosen}",  # noqa: S608
-            *args,
+            "DELETE FROM deliveries WHERE status IN ('dead', 'rejected') AND ($1::bigint[] IS NULL OR id = ANY($1))",
+            ids,
         )
         return int(status.split()[-1])
 

@@ -25,7 +25,6 @@ from gateway.exceptions import StoreError, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.admin import count_hosts as _count_hosts
-from gateway.store.admin import id_filter as _id_filter
 from gateway.store.admin import stream_info as _stream_info
 from gateway.store.base import DeadLetter, Outcome, StreamInfo
 
@@ -501,7 +500,7 @@ class SqliteStore:
                 f"FROM streams s WHERE {where} ORDER BY s.id DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
-            return [_stream_info(r, (r["muted"] or "").split("\x1f") if r["muted"] else []) for r in rows]
+            return [_stream_info(r, r["muted"].split("\x1f") if r["muted"] else []) for r in rows]
 
         return await self._run(run)
 
@@ -516,23 +515,28 @@ class SqliteStore:
         return await self._tx(run)
 
     async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
-        chosen, args = _id_filter(ids, "?")
+        chosen = _json_ids(ids)
         now = self._clock()
         return await self._tx(
             lambda c: int(
                 c.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = ?, lease_until = NULL, "  # noqa: S608
-                    f"finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected'){chosen}",
-                    (now, *args),
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = ?, lease_until = NULL, "
+                    "finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected') "
+                    "AND (? IS NULL OR id IN (SELECT value FROM json_each(?)))",
+                    (now, chosen, chosen),
                 ).rowcount
             )
         )
 
     async def purge_dead_letters(self, ids: list[int] | None = None) -> int:
-        chosen, args = _id_filter(ids, "?")
+        chosen = _json_ids(ids)
         return await self._tx(
             lambda c: int(
-                c.execute(f"DELETE FROM deliveries WHERE status IN ('dead', 'rejected'){chosen}", args).rowcount  # noqa: S608
+                c.execute(
+                    "DELETE FROM deliveries WHERE status IN ('dead', 'rejected') "
+                    "AND (? IS NULL OR id IN (SELECT value FROM json_each(?)))",
+                    (chosen, chosen),
+                ).rowcount
             )
         )
 
@@ -626,6 +630,11 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             if "locked" not in str(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+
+
+def _json_ids(ids: list[int] | None) -> str | None:
+    """Ids as the JSON array the queries' ``json_each(?)`` reads; None selects every row."""
+    return None if ids is None else json.dumps([int(i) for i in ids])
 
 
 def _stream_filter(account_id: str | None, endpoint_hash: str | None) -> tuple[str, list[str]]:
