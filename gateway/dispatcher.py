@@ -167,20 +167,17 @@ class Dispatcher:
             outcome = decide(claim, answer, self._settings, now, self._rng)
             self._log(claim, answer, outcome)
             if self._metrics is not None:
-                self._measure(claim, outcome, time.perf_counter() - started, now)
+                self._metrics.pushed(
+                    outcome.status,
+                    push_host(stream.endpoint),
+                    time.perf_counter() - started,
+                    now - claim.event_created_at,
+                )
             self._outcomes.append(outcome)
             self._outcomes_waiting.set()
         finally:
             self._free += 1
             self._slot_freed.set()
-
-    def _measure(self, claim: Claim, outcome: Outcome, send_seconds: float, now: float) -> None:
-        assert self._metrics is not None
-        host = push_host(claim.stream.endpoint)
-        self._metrics.outcome(outcome.status, host)
-        self._metrics.send_seconds.labels(host).observe(send_seconds)
-        if outcome.status == "sent":
-            self._metrics.event_to_push_seconds.observe(max(0.0, now - claim.event_created_at))
 
     def _payload(self, claim: Claim) -> bytes:
         key = (claim.event_key, claim.stream.gateway, claim.compact)

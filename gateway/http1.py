@@ -4,6 +4,7 @@ Per request it costs a fraction of a general client (bench/README.md): requests 
 pre-rendered buffer on a kept-alive connection, and answers are parsed just enough (status,
 headers, a Content-Length, chunked or close-delimited body). Connections are pooled per origin,
 with a cap on how many are open; TLS uses the default verified context. Redirects are never followed.
+Deadlines are checked by one periodic sweep rather than a timer per request.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import asyncio
 import functools
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; anything larger ends the connection
 IDLE_PER_ORIGIN = 256
+SWEEP_INTERVAL = 0.05  # seconds between checks of in-flight requests against their deadlines
 
 
 class HttpError(Exception):
     """No answer: the connection failed, closed, or the answer was malformed."""
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
@@ -82,6 +83,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def time_out(self) -> None:
+        """The answer is late: fail the exchange and drop the connection (its answer may still come)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError("no answer before the deadline"))
+        self.close()
 
     def _parse(self, *, final: bool) -> Answer | None:
         if self._head is None:
@@ -181,6 +188,8 @@ class Http1Client:
         self._limit = concurrency_per_origin
         self._tls = tls or ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
+        self._deadlines: dict[_Connection, float] = {}  # in-flight exchanges, by loop time
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _origin(self, scheme: str, netloc: str) -> _Origin:
         key = f"{scheme}://{netloc}"
@@ -208,10 +217,9 @@ class Http1Client:
             )
         )
         async with origin.slots:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(origin, request)
+            return await self._exchange(origin, request, asyncio.get_running_loop().time() + timeout)
 
-    async def _exchange(self, origin: _Origin, request: bytes) -> Answer:
+    async def _exchange(self, origin: _Origin, request: bytes, deadline: float) -> Answer:
         for attempt in range(2):
             conn = None
             while origin.idle and conn is None:
@@ -219,7 +227,9 @@ class Http1Client:
                 conn = None if candidate.closed else candidate
             reused = conn is not None
             if conn is None:
-                conn = await origin.connect()
+                async with asyncio.timeout_at(deadline):  # rare: a timer for a new connection is fine
+                    conn = await origin.connect()
+            self._watch(conn, deadline)
             try:
                 answer = await conn.send(request)
             except HttpError:
@@ -230,6 +240,8 @@ class Http1Client:
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                self._deadlines.pop(conn, None)
             if conn.keep_alive and not conn.closed and len(origin.idle) < IDLE_PER_ORIGIN:
                 origin.idle.append(conn)
             else:
@@ -237,7 +249,30 @@ class Http1Client:
             return answer
         raise HttpError("unreachable")
 
+    def _watch(self, conn: _Connection, deadline: float) -> None:
+        self._deadlines[conn] = deadline
+        if self._sweeper is None or self._sweeper.when() > deadline:  # the sweep due first, for this one
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_at(deadline, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        late = [conn for conn, deadline in self._deadlines.items() if deadline <= now]
+        for conn in late:
+            del self._deadlines[conn]
+            conn.time_out()
+        if self._deadlines:
+            soonest = min(self._deadlines.values())
+            self._sweeper = loop.call_at(max(soonest, now + SWEEP_INTERVAL), self._sweep, loop)
+        else:
+            self._sweeper = None
+
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for origin in self._origins.values():
             while origin.idle:
                 origin.idle.pop().close()

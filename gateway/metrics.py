@@ -108,8 +108,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The labelled children of the per-push metrics, looked up once per (outcome, host):
+        # prometheus-client's labels() costs a lock and a tuple build on every call.
+        self._delivery_children: dict[tuple[str, str], Any] = {}
+        self._send_children: dict[str, Any] = {}
+
     def outcome(self, status: str, push_host: str) -> None:
-        self.deliveries.labels(_OUTCOME_OF_STATUS.get(status, status), push_host).inc()
+        child = self._delivery_children.get((status, push_host))
+        if child is None:
+            child = self.deliveries.labels(_OUTCOME_OF_STATUS.get(status, status), push_host)
+            self._delivery_children[(status, push_host)] = child
+        child.inc()
+
+    def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float) -> None:
+        """One push attempt ended: its outcome, its request time, and, when sent, the event's age."""
+        self.outcome(status, push_host)
+        child = self._send_children.get(push_host)
+        if child is None:
+            child = self._send_children[push_host] = self.send_seconds.labels(push_host)
+        child.observe(send_seconds)
+        if status == "sent":
+            self.event_to_push_seconds.observe(max(0.0, event_age))
 
     async def render(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -181,8 +181,7 @@ class Event:
     row: dict[str, Any]  # the NEAR row, pushed unchanged so old service workers keep working
 
 
-@dataclass(frozen=True)
-class Stream:
+class Stream(NamedTuple):  # per-push records are tuples: cheaper to build than frozen dataclasses
     """(account, gateway, push subscription) as stored."""
 
     id: int
@@ -202,8 +201,7 @@ class MatchPolicy:
     max_per_endpoint_per_day: int = 0  # 0 = no cap
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """A delivery claimed by a dispatcher: everything needed to build and send one push."""
 
     delivery_id: int

@@ -23,9 +23,9 @@ import ssl
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -174,8 +174,7 @@ class Verdict(enum.Enum):
     FAILED = "failed"  # any other 4xx: retrying will not help
 
 
-@dataclass(frozen=True)
-class PushAnswer:
+class PushAnswer(NamedTuple):  # a tuple: one is built per push
     verdict: Verdict
     status: int | None  # None when no HTTP answer came (timeout, connection error)
     retry_after: float | None  # seconds, from the Retry-After header
@@ -260,7 +259,10 @@ class PushClient:
             return PushAnswer(Verdict.RETRY, None, None, "timeout")
         except HttpError as exc:
             return PushAnswer(Verdict.RETRY, None, None, f"connection error: {exc}")
+        status = answer.status
+        verdict = classify(status)
+        if verdict is Verdict.SENT:  # the common case needs no detail
+            return PushAnswer(verdict, status, None, "")
         retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time())
         detail = " ".join(answer.body[:512].decode("utf-8", "replace").split())[:200]
-        status = answer.status
-        return PushAnswer(classify(status), status, retry_after, f"HTTP {status} {detail}".strip())
+        return PushAnswer(verdict, status, retry_after, f"HTTP {status} {detail}".strip())

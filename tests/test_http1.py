@@ -143,6 +143,39 @@ async def test_malformed_answers_and_timeouts_raise() -> None:
     await client.aclose()
 
 
+async def test_each_request_times_out_at_its_own_deadline() -> None:
+    """Deadlines are swept, not timed one by one: a short one set after a long one still fires on time."""
+
+    async def reply(request: bytes, n: int) -> bytes | None:
+        await asyncio.sleep(float(request.split(b" ")[1].decode().strip("/")))
+        return b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+
+    server, url, stats = await serve(reply)
+    client = Http1Client(concurrency_per_origin=8)
+    loop = asyncio.get_running_loop()
+
+    async def timed(delay: float, timeout: float) -> tuple[str, float]:
+        start = loop.time()
+        try:
+            answer = await client.post(f"{url}/{delay}", {}, b"", timeout)
+            result = str(answer.status)
+        except TimeoutError:
+            result = "timeout"
+        return result, loop.time() - start
+
+    slow = asyncio.create_task(timed(2, 1.5))  # its deadline is the one first scheduled
+    await asyncio.sleep(0.05)
+    late, fast = await asyncio.gather(timed(2, 0.3), timed(0.05, 1.5))
+    assert late[0] == "timeout" and 0.25 <= late[1] < 1.0, late
+    assert fast[0] == "201"
+    assert (await slow)[0] == "timeout"
+    answered = await client.post(f"{url}/0", {}, b"", 2)
+    assert answered.status == 201
+    assert stats["connections"] == 3  # the fast one's connection again: a timed-out one is never reused
+    await client.aclose()
+    await stop(server, stats)
+
+
 async def test_tls_is_verified() -> None:
     from bench.fakepush import self_signed
 

@@ -124,11 +124,18 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 # The claimed deliveries with their stream and event (only "?" placeholders are formatted in).
 _CLAIMED = (
-    "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, s.account_id, s.gateway, "
+    "SELECT d.id, d.attempts, d.compact, d.created_at, d.event_key, d.stream_id, s.account_id, s.gateway, "
     "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
     "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
     "WHERE d.id IN ({marks}) ORDER BY d.due_at"
 )
+
+
+def _tuples(c: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor whose rows are plain tuples: hot paths unpack them faster than sqlite3.Row."""
+    cursor = c.cursor()
+    cursor.row_factory = None
+    return cursor
 
 
 def utc_day(ts: float) -> str:
@@ -321,8 +328,8 @@ class SqliteStore:
         c: sqlite3.Connection, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
     ) -> None:
         streams = [
-            Stream(r["id"], r["account_id"], r["gateway"], r["endpoint"], r["endpoint_hash"], "", "")
-            for r in c.execute(
+            Stream(stream_id, account, gateway, endpoint, ehash, "", "")
+            for stream_id, account, gateway, endpoint, ehash in _tuples(c).execute(
                 "SELECT id, account_id, gateway, endpoint, endpoint_hash FROM streams WHERE account_id = ?",
                 (event.receiver,),
             )
@@ -351,19 +358,18 @@ class SqliteStore:
         )
         for reason, count in outcome.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + count
-        for stream in outcome.selected:
-            c.execute(
-                "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (event.key, stream.id, stream.endpoint_hash, now, now),
+        c.executemany(
+            "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(event.key, s.id, s.endpoint_hash, now, now) for s in outcome.selected],
+        )
+        if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
+            c.executemany(
+                "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
+                "DO UPDATE SET count = count + 1",
+                [(s.endpoint_hash, day) for s in outcome.selected],
             )
-            if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
-                c.execute(
-                    "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
-                    "DO UPDATE SET count = count + 1",
-                    (stream.endpoint_hash, day),
-                )
-            result.deliveries += 1
+        result.deliveries += len(outcome.selected)
 
     async def get_cursor(self, source: str) -> str | None:
         row = await self._run(lambda c: c.execute("SELECT value FROM cursors WHERE source = ?", (source,)).fetchone())
@@ -386,34 +392,19 @@ class SqliteStore:
                 return []
             ids = [r[0] for r in leased]
             marks = ",".join("?" * len(ids))
-            rows = c.execute(_CLAIMED.format(marks=marks), ids).fetchall()
             claims: list[Claim] = []
             orphans: list[int] = []
             events: dict[str, dict[str, Any]] = {}  # one parse per event, however many streams
-            for r in rows:
-                if r["account_id"] is None or r["row_json"] is None:
-                    orphans.append(r["id"])
+            for delivery_id, attempts, compact, created_at, event_key, *stream, row_json in _tuples(c).execute(
+                _CLAIMED.format(marks=marks), ids
+            ):
+                if stream[1] is None or row_json is None:  # the stream or the event is gone
+                    orphans.append(delivery_id)
                     continue
-                stream = Stream(
-                    r["stream_id"],
-                    r["account_id"],
-                    r["gateway"],
-                    r["endpoint"],
-                    r["endpoint_hash"],
-                    r["p256dh"],
-                    r["auth"],
-                )
-                claims.append(
-                    Claim(
-                        delivery_id=r["id"],
-                        attempts=r["attempts"],
-                        compact=bool(r["compact"]),
-                        event_created_at=r["created_at"],
-                        stream=stream,
-                        row=events.get(r["event_key"]) or events.setdefault(r["event_key"], json.loads(r["row_json"])),
-                        event_key=r["event_key"],
-                    )
-                )
+                row = events.get(event_key)
+                if row is None:
+                    row = events[event_key] = json.loads(row_json)
+                claims.append(Claim(delivery_id, attempts, bool(compact), created_at, Stream(*stream), row, event_key))
             if orphans:
                 c.executemany(
                     "UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "
