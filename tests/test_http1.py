@@ -176,6 +176,34 @@ async def test_each_request_times_out_at_its_own_deadline() -> None:
     await stop(server, stats)
 
 
+async def test_requests_in_flight_per_origin_are_capped_and_cancelled_waiters_free_nothing() -> None:
+    now = {"in_flight": 0, "most": 0}
+
+    async def reply(request: bytes, n: int) -> bytes | None:
+        now["in_flight"] += 1
+        now["most"] = max(now["most"], now["in_flight"])
+        await asyncio.sleep(0.1)
+        now["in_flight"] -= 1
+        return b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+
+    server, url, stats = await serve(reply)
+    client = Http1Client(concurrency_per_origin=2)
+    tasks = [asyncio.create_task(client.post(f"{url}/{i}", {}, b"", 5)) for i in range(6)]
+    await asyncio.sleep(0.03)  # two in flight, four waiting
+    tasks[3].cancel()
+    tasks[4].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(d, asyncio.CancelledError) for d in done] == [False, False, False, True, True, False]
+    assert now["most"] == 2
+    order = [r.split(b" ")[1] for r in stats["requests"]]
+    assert order == [b"/0", b"/1", b"/2", b"/5"]  # first come, first served
+    now["most"] = 0
+    await asyncio.gather(*(client.post(f"{url}/again", {}, b"", 5) for _ in range(2)))
+    assert now["most"] == 2  # both slots are still there
+    await client.aclose()
+    await stop(server, stats)
+
+
 async def test_tls_is_verified() -> None:
     from bench.fakepush import self_signed
 
