@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -148,7 +149,9 @@ class Gateway:
                     if threading.current_thread() is threading.main_thread():
                         tg.start_soon(self._stop_on_signal)
                     print(f"VAPID public key: {signer.public_key}", flush=True)
-                    print(f"gateway running roles={','.join(r for r in ROLES if r in self.roles)}", flush=True)
+                    roles = ",".join(r for r in ROLES if r in self.roles)
+                    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+                    print(f"gateway running roles={roles} loop={loop}", flush=True)
                     if "api" in self.roles:
                         app = create_app(
                             settings,

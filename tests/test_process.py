@@ -119,6 +119,7 @@ def test_serve_without_config_uses_embedded_defaults(tmp_path: Path, procs: list
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     printed = next(line for line in gw.stdout if line.startswith("VAPID public key: ")).split()[-1]
     assert gw.http.get("/vapid-public-key").json() == {"publicKey": printed}
+    assert any(line.startswith("gateway running roles=api,worker,watch loop=uvloop") for line in gw.stdout)
     assert "placeholder" in "".join(gw.stderr)  # the loud warning about [vapid] subject
     assert "BEGIN" not in "".join(gw.stderr + gw.stdout)  # the private key is never printed
     assert gw.terminate() == 0
