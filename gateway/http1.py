@@ -10,7 +10,6 @@ Deadlines are checked by one periodic sweep rather than a timer per request.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 from collections import deque
 from typing import NamedTuple, cast
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; anything larger ends the connection
 IDLE_PER_ORIGIN = 256
+ROUTES_KEPT = 65536  # parsed endpoint URLs remembered
 SWEEP_INTERVAL = 0.05  # seconds between checks of in-flight requests against their deadlines
 
 
@@ -207,42 +207,37 @@ def render_headers(headers: dict[str, str]) -> bytes:
     return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
 
 
-@functools.lru_cache(maxsize=65536)
-def _split(url: str) -> tuple[str, str, str]:
-    """(scheme, netloc, request target) of a URL; push endpoints repeat, so parse each once."""
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-@functools.lru_cache(maxsize=65536)
-def _request_line(target: str, host_header: str) -> bytes:
-    return f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: ".encode("latin-1")
-
-
 class Http1Client:
     def __init__(self, *, concurrency_per_origin: int, tls: ssl.SSLContext | None = None) -> None:
         self._limit = concurrency_per_origin
         self._tls = tls or ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
+        self._routes: dict[str, tuple[_Origin, bytes]] = {}  # url -> origin, rendered request line and Host
         self._deadlines: dict[_Connection, float] = {}  # in-flight exchanges, by loop time
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def _origin(self, scheme: str, netloc: str) -> _Origin:
-        key = f"{scheme}://{netloc}"
-        origin = self._origins.get(key)
-        if origin is None:
-            parts = urlsplit(key)
-            host = parts.hostname or ""
-            port = parts.port or (443 if scheme == "https" else 80)
-            origin = self._origins[key] = _Origin(scheme, host, port, self._limit, self._tls)
-        return origin
+    def _route(self, url: str) -> tuple[_Origin, bytes]:
+        """The origin of ``url`` and the start of its request; push endpoints repeat, so each is parsed once."""
+        route = self._routes.get(url)
+        if route is None:
+            parts = urlsplit(url)
+            key = f"{parts.scheme}://{parts.netloc}"
+            origin = self._origins.get(key)
+            if origin is None:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                origin = self._origins[key] = _Origin(parts.scheme, parts.hostname or "", port, self._limit, self._tls)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            start = f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nContent-Length: ".encode("latin-1")
+            if len(self._routes) >= ROUTES_KEPT:
+                self._routes.clear()
+            route = self._routes[url] = (origin, start)
+        return route
 
     async def post(self, url: str, headers: dict[str, str] | bytes, body: bytes, timeout: float) -> Answer:  # noqa: ASYNC109
         """POST ``body``; ``headers`` as a dict, or as a block rendered once by ``render_headers``."""
-        scheme, netloc, target = _split(url)
-        origin = self._origin(scheme, netloc)
+        origin, start = self._route(url)
         block = headers if isinstance(headers, bytes) else render_headers(headers)
-        request = b"%s%d\r\n%s\r\n%s" % (_request_line(target, origin.host_header), len(body), block, body)
+        request = b"%s%d\r\n%s\r\n%s" % (start, len(body), block, body)
         await origin.slots.acquire()
         try:
             return await self._exchange(origin, request, asyncio.get_running_loop().time() + timeout)
