@@ -122,13 +122,14 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-# The claimed deliveries with their stream and event (only "?" placeholders are formatted in).
+# The claimed deliveries with their streams, and their events, each read once however many
+# streams it goes to (only "?" placeholders are formatted in).
 _CLAIMED = (
     "SELECT d.id, d.attempts, d.compact, d.created_at, d.event_key, d.stream_id, s.account_id, s.gateway, "
-    "s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
-    "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
-    "WHERE d.id IN ({marks}) ORDER BY d.due_at"
+    "s.endpoint, s.endpoint_hash, s.p256dh, s.auth FROM deliveries d "
+    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN ({marks})"
 )
+_CLAIMED_EVENTS = "SELECT event_key, row_json FROM events WHERE event_key IN ({marks})"
 
 
 def _tuples(c: sqlite3.Connection) -> sqlite3.Cursor:
@@ -391,19 +392,19 @@ class SqliteStore:
             if not leased:
                 return []
             ids = [r[0] for r in leased]
-            marks = ",".join("?" * len(ids))
+            rows = _tuples(c).execute(_CLAIMED.format(marks=",".join("?" * len(ids))), ids).fetchall()
+            keys = list({r[4] for r in rows})
+            events: dict[str, dict[str, Any]] = {
+                key: json.loads(row_json)
+                for key, row_json in _tuples(c).execute(_CLAIMED_EVENTS.format(marks=",".join("?" * len(keys))), keys)
+            }
             claims: list[Claim] = []
             orphans: list[int] = []
-            events: dict[str, dict[str, Any]] = {}  # one parse per event, however many streams
-            for delivery_id, attempts, compact, created_at, event_key, *stream, row_json in _tuples(c).execute(
-                _CLAIMED.format(marks=marks), ids
-            ):
-                if stream[1] is None or row_json is None:  # the stream or the event is gone
+            for delivery_id, attempts, compact, created_at, event_key, *stream in rows:
+                row = events.get(event_key)
+                if stream[1] is None or row is None:  # the stream or the event is gone
                     orphans.append(delivery_id)
                     continue
-                row = events.get(event_key)
-                if row is None:
-                    row = events[event_key] = json.loads(row_json)
                 claims.append(Claim(delivery_id, attempts, bool(compact), created_at, Stream(*stream), row, event_key))
             if orphans:
                 c.executemany(
