@@ -447,7 +447,7 @@ def main() -> None:
         sizes = [1000, 100000] if q else [1000, 100000, 1000000]
         for streams in sizes:
             for per in (1, 100):
-                g = growth(fake, streams, per, 100 if q else 200)
+                g = growth(fake, streams, per, (100 if q else 200) * (10 if per == 1 else 1))
                 results["growth"].append(g)
                 print(
                     f"5 growth: {streams:>7} streams, {per:>3}/receiver: ingest CPU "
