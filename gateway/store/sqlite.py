@@ -122,21 +122,48 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-# The claimed deliveries with their streams, and their events, each read once however many
-# streams it goes to (only "?" placeholders are formatted in).
-_CLAIMED = (
-    "SELECT d.id, d.attempts, d.compact, d.created_at, d.event_key, d.stream_id, s.account_id, s.gateway, "
-    "s.endpoint, s.endpoint_hash, s.p256dh, s.auth FROM deliveries d "
-    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN ({marks})"
+# The per-push statements move whole batches as one JSON value in or out (json_each, json_group_array):
+# Python's sqlite3 hands the GIL to and fro around every row it steps through, and with the event
+# loop busy on the other thread each hand-off is a futex wait. One statement step per batch instead.
+_STREAMS_OF = (
+    "SELECT json_group_array(json_array(id, account_id, gateway, endpoint, endpoint_hash)) "
+    "FROM streams WHERE account_id = ?"
 )
-_CLAIMED_EVENTS = "SELECT event_key, row_json FROM events WHERE event_key IN ({marks})"
+_SENT_TODAY = (
+    "SELECT json_group_object(endpoint_hash, count) FROM endpoint_daily "
+    "WHERE day = ? AND endpoint_hash IN (SELECT value FROM json_each(?))"
+)
+_NEW_DELIVERIES = (
+    "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
+    "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ? FROM json_each(?)"
+)
+_COUNT_SENT = (
+    "INSERT INTO endpoint_daily SELECT value, ?, 1 FROM json_each(?) WHERE true "
+    "ON CONFLICT (endpoint_hash, day) DO UPDATE SET count = count + 1"
+)
+_DUE = (
+    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ? "
+    "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
+)
+_LEASE = "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))"
+_CLAIMED = (
+    "SELECT json_group_array(json_array(d.id, d.attempts, d.compact, d.created_at, d.event_key, d.stream_id, "
+    "s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) FROM deliveries d "
+    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?))"
+)
+_CLAIMED_EVENTS = (  # each event once, however many streams it goes to
+    "SELECT json_group_object(event_key, json(row_json)) FROM events "
+    "WHERE event_key IN (SELECT value FROM json_each(?))"
+)
+_FINISH = (
+    "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, reason = ? "
+    "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'"
+)
 
 
-def _tuples(c: sqlite3.Connection) -> sqlite3.Cursor:
-    """A cursor whose rows are plain tuples: hot paths unpack them faster than sqlite3.Row."""
-    cursor = c.cursor()
-    cursor.row_factory = None
-    return cursor
+def _json_value(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+    """The one JSON value a ``json_group_*`` query builds, parsed."""
+    return json.loads(c.execute(sql, args).fetchone()[0])
 
 
 def utc_day(ts: float) -> str:
@@ -330,10 +357,7 @@ class SqliteStore:
     ) -> None:
         streams = [
             Stream(stream_id, account, gateway, endpoint, ehash, "", "")
-            for stream_id, account, gateway, endpoint, ehash in _tuples(c).execute(
-                "SELECT id, account_id, gateway, endpoint, endpoint_hash FROM streams WHERE account_id = ?",
-                (event.receiver,),
-            )
+            for stream_id, account, gateway, endpoint, ehash in _json_value(c, _STREAMS_OF, (event.receiver,))
         ]
         if not streams:
             return
@@ -342,14 +366,7 @@ class SqliteStore:
             blocked.setdefault(r[0], set()).add(r[1])
         sent_today: dict[str, int] = {}
         if policy.max_per_endpoint_per_day:
-            hashes = [s.endpoint_hash for s in streams]
-            marks = ",".join("?" * len(hashes))
-            sent_today = dict(
-                c.execute(
-                    f"SELECT endpoint_hash, count FROM endpoint_daily WHERE day = ? AND endpoint_hash IN ({marks})",  # noqa: S608
-                    (day, *hashes),
-                ).fetchall()
-            )
+            sent_today = _json_value(c, _SENT_TODAY, (day, json.dumps([s.endpoint_hash for s in streams])))
         outcome = match(
             event,
             streams,
@@ -359,17 +376,12 @@ class SqliteStore:
         )
         for reason, count in outcome.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + count
-        c.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(event.key, s.id, s.endpoint_hash, now, now) for s in outcome.selected],
-        )
+        if not outcome.selected:
+            return
+        pairs = json.dumps([[s.id, s.endpoint_hash] for s in outcome.selected])
+        c.execute(_NEW_DELIVERIES, (event.key, now, now, pairs))
         if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
-            c.executemany(
-                "INSERT INTO endpoint_daily VALUES (?, ?, 1) ON CONFLICT (endpoint_hash, day) "
-                "DO UPDATE SET count = count + 1",
-                [(s.endpoint_hash, day) for s in outcome.selected],
-            )
+            c.execute(_COUNT_SENT, (day, json.dumps([s.endpoint_hash for s in outcome.selected])))
         result.deliveries += len(outcome.selected)
 
     async def get_cursor(self, source: str) -> str | None:
@@ -382,22 +394,14 @@ class SqliteStore:
         now = self._clock()
 
         def run(c: sqlite3.Connection) -> list[Claim]:
-            leased = c.execute(
-                "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN ("
-                " SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ?"
-                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
-                " RETURNING id",
-                (now + lease_seconds, now, now, limit),
-            ).fetchall()
-            if not leased:
+            (due,) = c.execute(_DUE, (now, now, limit)).fetchone()
+            if due == "[]":
                 return []
-            ids = [r[0] for r in leased]
-            rows = _tuples(c).execute(_CLAIMED.format(marks=",".join("?" * len(ids))), ids).fetchall()
-            keys = list({r[4] for r in rows})
-            events: dict[str, dict[str, Any]] = {
-                key: json.loads(row_json)
-                for key, row_json in _tuples(c).execute(_CLAIMED_EVENTS.format(marks=",".join("?" * len(keys))), keys)
-            }
+            c.execute(_LEASE, (now + lease_seconds, due))
+            rows = _json_value(c, _CLAIMED, (due,))
+            events: dict[str, dict[str, Any]] = _json_value(
+                c, _CLAIMED_EVENTS, (json.dumps(list({r[4] for r in rows})),)
+            )
             claims: list[Claim] = []
             orphans: list[int] = []
             for delivery_id, attempts, compact, created_at, event_key, *stream in rows:
@@ -435,11 +439,11 @@ class SqliteStore:
                 "reason = ? WHERE id = ? AND status = 'pending'",
                 [(o.retry_at or now, int(o.compact), o.http_status, o.reason, o.delivery_id) for o in retries],
             )
-            c.executemany(
-                "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, "
-                "reason = ? WHERE id = ? AND status = 'pending'",
-                [(o.status, now, o.http_status, o.reason, o.delivery_id) for o in finished],
-            )
+            alike: dict[tuple[str, int | None, str], list[int]] = {}  # most are (sent, 201, "")
+            for o in finished:
+                alike.setdefault((o.status, o.http_status, o.reason), []).append(o.delivery_id)
+            for (status, http_status, reason), ids in alike.items():
+                c.execute(_FINISH, (status, now, http_status, reason, json.dumps(ids)))
             for o in finished:
                 if o.status == "gone" and o.endpoint_hash:
                     _delete_streams(c, o.endpoint_hash, None, now)
