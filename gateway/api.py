@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from gateway.models import (
     MatchPolicy,
     NotificationRow,
     SetPreferenceRequest,
+    loads_json,
 )
 from gateway.nearrpc import AccessKeys, RpcUnavailable
 from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
@@ -286,7 +286,7 @@ async def ingest_events(
     if not SOURCE_NAME.match(source):
         raise BadRequest("invalid_source", "source must match [a-z0-9][a-z0-9._-]{0,63}")
     try:
-        data = json.loads(await request.body())
+        data = loads_json(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("malformed_json", "request body is not valid JSON") from exc
     rows = data if isinstance(data, list) else [data]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NamedTuple
 
@@ -37,6 +38,16 @@ def b64url_decode(value: str) -> bytes:
     """Decode base64url with or without padding (browsers omit it; some clients add it)."""
     text = value.strip().replace("+", "-").replace("/", "_")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Standard JSON only. Python's parser takes NaN and Infinity; the browser's JSON.parse, which
+    reads the pushed row, does not."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def b64url_encode(data: bytes) -> str:

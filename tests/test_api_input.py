@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -161,6 +162,17 @@ def test_events_are_disabled_without_a_token(start_gateway: Any) -> None:
 def test_bad_event_rows_are_refused_and_nothing_is_ingested(gateway: RunningGateway, body: Any, code: str) -> None:
     r = gateway.post("/events", body, headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
     assert r.status_code == 400 and r.json()["code"] == code, r.text
+    assert gateway.query("SELECT * FROM events") == []
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_numbers_are_refused(gateway: RunningGateway, constant: str) -> None:
+    """Python's parser takes them; the service worker's JSON.parse would not read the pushed row."""
+    body = json.dumps([row(1)])[:-2] + f', "score": {constant}}}]'
+    r = gateway.http.post(
+        "/events", content=body, headers={"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["code"] == "malformed_json", r.text
     assert gateway.query("SELECT * FROM events") == []
 
 

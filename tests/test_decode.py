@@ -104,6 +104,16 @@ def test_garbage_never_raises_and_never_makes_events(text: str) -> None:
     assert decode_social_index_page(text, source="s", receiver="bob.near").events == []
 
 
+def test_non_standard_json_numbers_are_a_fault_not_an_event() -> None:
+    good = next(f for f in frames("queryapi-graphql-ws.jsonl") if '"blockHeight":' in f)
+    assert decode_queryapi_frame(good, source="q", table=TABLE).events
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        odd = good.replace('"blockHeight":', f'"score": {constant}, "blockHeight":', 1)
+        assert odd != good
+        decoded = decode_queryapi_frame(odd, source="q", table=TABLE)
+        assert decoded.events == [] and [f.kind for f in decoded.faults] == ["malformed_json"]
+
+
 def test_bad_action_is_counted_and_the_rest_of_the_frame_decodes() -> None:
     good = json.loads(frames("near-actions-ws.jsonl")[0])
     broken = dict(good["actions"][0], receiptId="RX")

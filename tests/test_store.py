@@ -7,6 +7,7 @@ no server answers.
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -165,6 +166,19 @@ async def test_claim_leases_and_an_expired_lease_is_claimed_again(store: Store, 
     await store.release([again.delivery_id])
     [third] = await store.claim(10, lease_seconds=30)  # released: claimable at once
     assert third.attempts == 2
+
+
+async def test_a_row_with_a_non_standard_number_is_still_claimed(store: Store) -> None:
+    """Python's json writes NaN, which strict JSON parsers refuse: claims must read it back, not stall."""
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    odd = event(1)
+    await store.ingest(
+        [Event(odd.key, odd.source, odd.receiver, odd.value_type, 1, {**odd.row, "x": math.nan})], MatchPolicy()
+    )
+    await store.ingest([event(2)], MatchPolicy())
+    claims = await store.claim(10, lease_seconds=30)
+    assert sorted(c.row["id"] for c in claims) == [1, 2]
+    assert math.isnan(next(c.row["x"] for c in claims if c.row["id"] == 1))
 
 
 async def test_retry_outcome_sets_the_due_time(store: Store, clock: Clock) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.models import Event, NotificationRow
+from gateway.models import Event, NotificationRow, loads_json
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,10 @@ def _validated(raw: Any, source: str, out: Decoded, *, near_key: bool = True) ->
         out.faults.append(Fault("bad_row", f"{where}: {first['msg']}"))
 
 
-def _parse(text: str | bytes) -> tuple[Any, Fault | None]:
+def parse_json(text: str | bytes) -> tuple[Any, Fault | None]:
+    """A frame or page as JSON, or the fault that says why it is not."""
     try:
-        return json.loads(text), None
+        return loads_json(text), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, Fault("malformed_json", str(exc)[:120])
 
@@ -104,7 +105,7 @@ def _parse(text: str | bytes) -> tuple[Any, Fault | None]:
 
 def decode_queryapi_frame(text: str | bytes, *, source: str, table: str) -> Decoded:
     """One server frame of the QueryAPI stream; rows of ``table`` become events."""
-    frame, fault = _parse(text)
+    frame, fault = parse_json(text)
     if fault is not None:
         return Decoded("unknown", faults=[fault])
     if not isinstance(frame, dict):
@@ -156,7 +157,7 @@ def notify_entries(notify: Any) -> list[Any]:
         notify = notify[""]
     if not isinstance(notify, str):
         raise ValueError("notify is not a JSON string")
-    parsed = json.loads(notify)
+    parsed = loads_json(notify)
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -187,7 +188,7 @@ SOCIAL_CONTRACT = "social.near"
 def decode_actions_frame(text: str | bytes, *, source: str, contract: str = SOCIAL_CONTRACT) -> Decoded:
     """One frame of the actions stream: SocialDB ``set`` calls with ``index.notify`` become events,
     one per notify entry, identified by (receiptId, actionIndex, entry index)."""
-    frame, fault = _parse(text)
+    frame, fault = parse_json(text)
     if fault is not None:
         return Decoded("unknown", faults=[fault])
     if not isinstance(frame, dict) or not isinstance(frame.get("actions"), list):
@@ -216,7 +217,7 @@ def _decode_action(action: Any, source: str, contract: str, out: Decoded) -> Non
     block_height = action["blockHeight"]
     if not isinstance(block_height, int):
         raise TypeError("blockHeight is not an integer")
-    args = json.loads(base64.b64decode(call["args"], validate=True))
+    args = loads_json(base64.b64decode(call["args"], validate=True))
     data = args.get("data") if isinstance(args, dict) else None
     if not isinstance(data, dict):
         raise ValueError("set args without data")

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from gateway.models import loads_json
 from watchers.base import WatcherError
 
 MAX_PAGE_BYTES = 16 * 1024 * 1024
@@ -35,6 +36,6 @@ class JsonHttp:
         if len(response.content) > MAX_PAGE_BYTES:
             raise WatcherError("answer too large")
         try:
-            return response.json()
+            return loads_json(response.content)
         except ValueError as exc:
             raise WatcherError("answer is not JSON") from exc

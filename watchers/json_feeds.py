@@ -7,14 +7,13 @@ cursor + 1. A string that is exactly a placeholder becomes a number when the cur
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
 
 from gateway.config import HttpPollJsonWatcherSettings, WebsocketJsonWatcherSettings
 from watchers.base import EventSink, Watcher
-from watchers.decode import Decoded, Fault, decode_json_rows
+from watchers.decode import Decoded, decode_json_rows, parse_json
 from watchers.http import JsonHttp
 from watchers.ws import open_socket
 
@@ -32,13 +31,6 @@ def fill(template: Any, cursor: str) -> Any:
     if isinstance(template, dict):
         return {k: fill(v, cursor) for k, v in template.items()}
     return template
-
-
-def _parse(text: str | bytes) -> tuple[Any, Fault | None]:
-    try:
-        return json.loads(text), None
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, Fault("malformed_json", str(exc)[:120])
 
 
 class _FeedWatcher(Watcher):
@@ -84,7 +76,7 @@ class WebsocketJsonWatcher(_FeedWatcher):
                 await ws.send_json(fill(s.subscribe, self.cursor_value))
             self.state.connected = True
             while True:
-                payload, fault = _parse(await ws.recv())
+                payload, fault = parse_json(await ws.recv())
                 if fault is not None:
                     await self.accept(Decoded("unknown", faults=[fault]))
                     continue

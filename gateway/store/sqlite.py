@@ -151,9 +151,10 @@ _CLAIMED = (
     "s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) FROM deliveries d "
     "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?))"
 )
-_CLAIMED_EVENTS = (  # each event once, however many streams it goes to
-    "SELECT json_group_object(event_key, json(row_json)) FROM events "
-    "WHERE event_key IN (SELECT value FROM json_each(?))"
+_CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
+    # parser (SQLite's json() refuses what json.dumps may write, such as NaN, and one bad row must not
+    # fail every claim)
+    "SELECT json_group_object(event_key, row_json) FROM events WHERE event_key IN (SELECT value FROM json_each(?))"
 )
 _FINISH = (
     "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, reason = ? "
@@ -399,9 +400,8 @@ class SqliteStore:
                 return []
             c.execute(_LEASE, (now + lease_seconds, due))
             rows = _json_value(c, _CLAIMED, (due,))
-            events: dict[str, dict[str, Any]] = _json_value(
-                c, _CLAIMED_EVENTS, (json.dumps(list({r[4] for r in rows})),)
-            )
+            row_texts = _json_value(c, _CLAIMED_EVENTS, (json.dumps(list({r[4] for r in rows})),))
+            events: dict[str, dict[str, Any]] = {key: json.loads(text) for key, text in row_texts.items()}
             claims: list[Claim] = []
             orphans: list[int] = []
             for delivery_id, attempts, compact, created_at, event_key, *stream in rows:
