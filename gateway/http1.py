@@ -19,7 +19,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; anything larger ends the connection
 IDLE_PER_ORIGIN = 256
 ROUTES_KEPT = 65536  # parsed endpoint URLs remembered
-SWEEP_INTERVAL = 0.05  # seconds between checks of in-flight requests against their deadlines
+SWEEP_INTERVAL = 0.05  # least seconds between two sweeps of in-flight requests for missed deadlines
 
 
 class HttpError(Exception):

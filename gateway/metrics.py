@@ -110,23 +110,17 @@ class Metrics:
 
         # The labelled children of the per-push metrics, looked up once per (outcome, host):
         # prometheus-client's labels() costs a lock and a tuple build on every call.
-        self._delivery_children: dict[tuple[str, str], Any] = {}
-        self._send_children: dict[str, Any] = {}
-
-    def outcome(self, status: str, push_host: str) -> None:
-        child = self._delivery_children.get((status, push_host))
-        if child is None:
-            child = self.deliveries.labels(_OUTCOME_OF_STATUS.get(status, status), push_host)
-            self._delivery_children[(status, push_host)] = child
-        child.inc()
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float) -> None:
         """One push attempt ended: its outcome, its request time, and, when sent, the event's age."""
-        self.outcome(status, push_host)
-        child = self._send_children.get(push_host)
-        if child is None:
-            child = self._send_children[push_host] = self.send_seconds.labels(push_host)
-        child.observe(send_seconds)
+        children = self._children.get((status, push_host))
+        if children is None:
+            outcome = _OUTCOME_OF_STATUS.get(status, status)
+            children = (self.deliveries.labels(outcome, push_host), self.send_seconds.labels(push_host))
+            self._children[(status, push_host)] = children
+        children[0].inc()
+        children[1].observe(send_seconds)
         if status == "sent":
             self.event_to_push_seconds.observe(max(0.0, event_age))
 
