@@ -45,7 +45,9 @@ class GatewayProc:
         storage = storage_url or f"sqlite:///{self.db}"
         config = Path(self.dir) / "gateway.toml"
         allowed = ", ".join(f'"{p}/"' for p in push_prefixes)
+        no_watchers = "" if "[[watchers]]" in extra_toml else "watchers = []  # not the embedded mainnet default"
         config.write_text(f"""
+{no_watchers}
 [server]
 port = 0
 max_events_body_bytes = 16777216

@@ -247,14 +247,69 @@ class HttpPollJsonWatcherSettings(WatcherSettingsBase):
         return ("https://", "http://")
 
 
+MIB = 1024 * KIB
+NEARDATA_MAINNET = "https://mainnet.neardata.xyz"
+NEAR_RPC_MAINNET = "https://rpc.mainnet.near.org"
+
+
+class ChainEventSettings(_Section):
+    """A NEP-297 event of any contract, turned into a notification type without code."""
+
+    standard: str  # the event's "standard", e.g. "nep245"
+    event: str  # its "event", e.g. "mt_transfer"
+    receiver_field: str  # the field of each `data` entry that names the account to notify, e.g. "new_owner_id"
+    initiator_field: str = ""  # the field naming who caused it; "" = the receipt's predecessor
+    value_type: str = ""  # the notification's valueType; "" = the event name
+    contract: str = ""  # only events emitted by this contract; "" = any contract
+
+    @property
+    def type_name(self) -> str:
+        return self.value_type or self.event
+
+
+class NeardataWatcherSettings(WatcherSettingsBase):
+    """Follows the NEAR chain block by block through a neardata API (FASTNEAR, NEAR Lake shape)."""
+
+    kind: Literal["neardata"]
+    url: str = NEARDATA_MAINNET
+    finality: Literal["final", "optimistic"] = "final"  # /v0/block or /v0/block_opt
+    start_block_height: int = Field(0, ge=0)  # with no stored cursor; 0 = the newest final block
+    concurrency: int = Field(4, ge=1, le=64)  # blocks fetched at once while behind (committed in height order)
+    api_key: str = ""  # optional; sent as a Bearer header (to the configured host and its subdomains only)
+    # Seconds for one block request; a height just past the tip is held open by the server ~1 s per block.
+    request_timeout: float = Field(30.0, gt=0)
+    max_block_bytes: int = Field(32 * MIB, ge=64 * KIB)  # a bigger block is a counted, logged fault
+    accounts_refresh: float = Field(2.0, gt=0)  # seconds between reads of the accounts that have streams
+    rpc_url: str = NEAR_RPC_MAINNET  # NEAR RPC asked for ft_metadata (token decimals and symbol), cached
+    social_contract: str = "social.near"  # whose `set` calls carry index.notify (social notifications)
+    events: list[ChainEventSettings] = Field(default_factory=list)  # more NEP-297 events as notification types
+
+    @classmethod
+    def _schemes(cls) -> tuple[str, ...]:
+        return ("https://", "http://")
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
 WatcherSettings = Annotated[
-    QueryApiWatcherSettings
+    NeardataWatcherSettings
+    | QueryApiWatcherSettings
     | NearActionsWatcherSettings
     | SocialIndexWatcherSettings
     | WebsocketJsonWatcherSettings
     | HttpPollJsonWatcherSettings,
     Field(discriminator="kind"),
 ]
+
+
+def default_watchers() -> list[WatcherSettings]:
+    """The embedded default: NEAR mainnet through neardata, for the accounts that have streams."""
+    return [NeardataWatcherSettings(kind="neardata", name="neardata")]
 
 
 class GatewaySettings(_Section):
@@ -289,6 +344,20 @@ class LoggingSettings(_Section):
     format: Literal["text", "kv", "json"] = "text"  # text for people, kv (key=value) or json for log pipelines
 
 
+class ExplorerSettings(_Section):
+    """Where a click on an on-chain activity notification goes when its gateway has no link for the type."""
+
+    transaction: str = "https://nearblocks.io/txns/{txHash}"  # placeholders: the row's fields, as in links
+    account: str = "https://nearblocks.io/address/{receiver}"  # when the row has no txHash
+
+    @field_validator("transaction", "account")
+    @classmethod
+    def _is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL template")
+        return value
+
+
 class MetricsSettings(_Section):
     # Seconds between asks for the chain head (NEAR RPC at [security] near_rpc_url), for each NEAR
     # watcher's lag in blocks; 0 = never ask.
@@ -313,7 +382,10 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
     security: SecuritySettings = SecuritySettings()
-    watchers: list[WatcherSettings] = Field(default_factory=list)
+    explorer: ExplorerSettings = ExplorerSettings()
+    # No [[watchers]] in the file: follow NEAR mainnet through neardata (default_watchers()).
+    # `watchers = []` runs none.
+    watchers: list[WatcherSettings] = Field(default_factory=default_watchers)
     gateways: list[GatewaySettings] = Field(default_factory=list)
 
     @property

@@ -1,11 +1,14 @@
-"""Which access keys an account has, asked of NEAR RPC (``view_access_key``) and cached."""
+"""NEAR RPC: which access keys an account has (``view_access_key``), the chain head, and fungible
+tokens' metadata (``ft_metadata``); answers cached."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import httpx
 
@@ -105,3 +108,72 @@ async def chain_head(rpc_url: str, timeout: float) -> int:  # noqa: ASYNC109  (a
     if not isinstance(height, int):
         raise RpcUnavailable("NEAR RPC block: no integer height")
     return height
+
+
+class TokenMetadata(NamedTuple):
+    symbol: str | None
+    decimals: int | None
+
+
+UNKNOWN_TOKEN = TokenMetadata(None, None)
+MAX_SYMBOL_CHARS = 16
+MAX_DECIMALS = 38  # a u128 has 39 digits
+
+
+def token_metadata_from_answer(answer: Any) -> TokenMetadata:
+    """NEP-148 ``ft_metadata`` from a ``call_function`` answer (its result is the return value's bytes)."""
+    try:
+        raw = bytes(answer["result"]["result"])
+        metadata = json.loads(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RpcUnavailable("NEAR RPC ft_metadata: no readable result") from exc
+    if not isinstance(metadata, dict):
+        raise RpcUnavailable("NEAR RPC ft_metadata: the result is not an object")
+    symbol, decimals = metadata.get("symbol"), metadata.get("decimals")
+    ok_symbol = isinstance(symbol, str) and 0 < len(symbol) <= MAX_SYMBOL_CHARS and symbol.isprintable()
+    ok_decimals = isinstance(decimals, int) and not isinstance(decimals, bool) and 0 <= decimals <= MAX_DECIMALS
+    return TokenMetadata(symbol if ok_symbol else None, decimals if ok_decimals else None)
+
+
+class TokenMetadataCache:
+    """Symbol and decimals of fungible tokens, asked of NEAR RPC once per token and cached; a token
+    the RPC cannot answer for is asked again after a while, and shown meanwhile in raw units."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        *,
+        timeout: float,
+        cache_seconds: float = 86400.0,
+        retry_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = rpc_url
+        self._timeout = timeout
+        self._cache_seconds = cache_seconds
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, TokenMetadata]] = OrderedDict()
+
+    async def get(self, contract: str) -> TokenMetadata:
+        now = self._clock()
+        cached = self._cache.get(contract)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        params = {
+            "request_type": "call_function",
+            "finality": "final",
+            "account_id": contract,
+            "method_name": "ft_metadata",
+            "args_base64": base64.b64encode(b"{}").decode(),
+        }
+        try:
+            found = token_metadata_from_answer(await rpc_call(self._url, self._timeout, "query", params))
+            expires = now + self._cache_seconds
+        except RpcUnavailable:
+            found, expires = UNKNOWN_TOKEN, now + self._retry_seconds
+        self._cache[contract] = (expires, found)
+        self._cache.move_to_end(contract)
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return found

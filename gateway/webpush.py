@@ -23,7 +23,6 @@ import ssl
 import stat
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.backoff import parse_retry_after
 from gateway.endpoints import origin_of
 from gateway.exceptions import VapidKeyError
 from gateway.http1 import Http1Client, HttpError, render_headers
@@ -193,19 +193,6 @@ def classify(status: int) -> Verdict:
     if status in (406, 408, 425, 429) or status >= 500:
         return Verdict.RETRY
     return Verdict.FAILED
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 class PushClient:

@@ -86,6 +86,7 @@ def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., S
                 "claim_lease": 5.0,
             },
             "ingest": {"token": INGEST_TOKEN},
+            "watchers": [],  # not the embedded default: tests never reach mainnet
         }
         for name, values in sections.items():
             if isinstance(values, dict):

@@ -49,8 +49,9 @@ def config_file(tmp_path: Path, gw: RunningGateway, extra: str = "") -> Path:
     s = gw.settings
     path = tmp_path / "cli.toml"
     allowed = json.dumps(s.push.allowed_endpoints)
+    no_watchers = "" if "[[watchers]]" in extra else "watchers = []"
     path.write_text(
-        f'[storage]\nurl = "{s.storage.url}"\n[vapid]\nprivate_key_file = "{s.vapid.private_key_file}"\n'
+        f'{no_watchers}\n[storage]\nurl = "{s.storage.url}"\n[vapid]\nprivate_key_file = "{s.vapid.private_key_file}"\n'
         f'subject = "{s.vapid.subject}"\n[push]\nallowed_endpoints = {allowed}\nrequest_timeout = 5.0\n{extra}'
     )
     return path

@@ -92,8 +92,10 @@ class GatewayProcess:
 def write_config(tmp_path: Path, fake_push: FakePushService, push: str, rest: str = "") -> Path:
     """A config for a gateway subprocess on its own database and key, pushing to the fake service."""
     config = tmp_path / "gateway.toml"
+    no_watchers = "" if "[[watchers]]" in rest else "watchers = []  # not the embedded mainnet default"
     config.write_text(
         f"""
+{no_watchers}
 [storage]
 url = "sqlite:///{tmp_path / "gw.db"}"
 [vapid]

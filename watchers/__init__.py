@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.config import (
     HttpPollJsonWatcherSettings,
     NearActionsWatcherSettings,
+    NeardataWatcherSettings,
     QueryApiWatcherSettings,
     SocialIndexWatcherSettings,
     WatcherSettings,
@@ -15,6 +16,10 @@ from watchers.base import EventSink, Watcher, WatcherState
 
 def build_watcher(settings: WatcherSettings, sink: EventSink) -> Watcher:
     """The watcher for one ``[[watchers]]`` table."""
+    if isinstance(settings, NeardataWatcherSettings):
+        from watchers.neardata import NeardataWatcher
+
+        return NeardataWatcher(settings, sink)
     if isinstance(settings, QueryApiWatcherSettings):
         from watchers.queryapi import QueryApiWatcher
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from watchers.decode import Decoded, Fault
 log = logging.getLogger("watchers")
 
 STABLE_CONNECTION = 30.0  # seconds a connection must live before the backoff starts over
+RATE_WINDOW = 60.0  # seconds over which blocks per second is measured
+RATE_SAMPLES = 4096  # commit times kept for it (mainnet makes ~100 blocks a minute)
 
 
 class EventSink(Protocol):
@@ -58,7 +61,19 @@ class WatcherState:
     faults: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
     last_error: str | None = None
-    chain_head: int | None = None  # newest final block of the chain, when known (NEAR RPC)
+    chain_head: int | None = None  # newest final block of the chain, when known (NEAR RPC or the source)
+    blocks: int = 0  # block watchers: heights committed (skipped heights included)
+    skipped_heights: int = 0  # heights at which the chain made no block (or that could not be read)
+    _recent_blocks: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
+
+    def count_block(self, at: float) -> None:
+        self.blocks += 1
+        self._recent_blocks.append(at)
+
+    def blocks_per_second(self, now: float) -> float:
+        """Blocks committed per second over the last RATE_WINDOW seconds."""
+        recent = [t for t in self._recent_blocks if now - t <= RATE_WINDOW]
+        return len(recent) / RATE_WINDOW
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -82,6 +97,9 @@ class WatcherState:
             "faults": dict(self.faults),
             "reconnects": self.reconnects,
             "last_error": self.last_error,
+            "blocks": self.blocks,
+            "skipped_heights": self.skipped_heights,
+            "blocks_per_second": round(self.blocks_per_second(time.monotonic()), 3),
         }
 
 

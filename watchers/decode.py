@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,29 @@ def _decode_action(action: Any, source: str, contract: str, out: Decoded) -> Non
     block_height = action["blockHeight"]
     if not isinstance(block_height, int):
         raise TypeError("blockHeight is not an integer")
-    args = loads_json(base64.b64decode(call["args"], validate=True))
+    receipt = {"receiptId": action["receiptId"], "txHash": action.get("txHash")}
+    decode_social_set(
+        call["args"], f"{action['receiptId']}:{action['actionIndex']}", block_height, source, out, extra=receipt
+    )
+
+
+def decode_social_set(
+    args_b64: Any,
+    id_prefix: str,
+    block_height: int,
+    source: str,
+    out: Decoded,
+    *,
+    receivers: Container[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """The notifications of one SocialDB ``set`` call (base64 JSON args ``{"data": {signer: tree}}``):
+    one event per ``index.notify`` entry, id ``<id_prefix>:<entry>``. Only receivers in ``receivers``
+    when given. Raises ValueError, TypeError or binascii.Error when the args are not such a call."""
+    decoded = base64.b64decode(args_b64, validate=True)
+    if b"\\xa0" in decoded:  # some writers leave this literal text; the NEAR indexer reads it as a space
+        decoded = decoded.replace(b"\\xa0", b" ")
+    args = loads_json(decoded)
     data = args.get("data") if isinstance(args, dict) else None
     if not isinstance(data, dict):
         raise ValueError("set args without data")
@@ -226,13 +248,15 @@ def _decode_action(action: Any, source: str, contract: str, out: Decoded) -> Non
         if not isinstance(index, dict) or "notify" not in index:
             continue  # a set without notify
         for n, entry in enumerate(notify_entries(index["notify"])):
-            row_id = f"{action['receiptId']}:{action['actionIndex']}:{n}"
+            key = entry.get("key") if isinstance(entry, dict) else None
+            if receivers is not None and not (isinstance(key, str) and key in receivers):
+                continue
             try:
-                raw = row_from_notify(row_id, signer, block_height, entry.get("key"), entry.get("value"))
+                raw = row_from_notify(f"{id_prefix}:{n}", signer, block_height, key, entry.get("value"))
             except (ValueError, AttributeError) as exc:
                 out.faults.append(Fault("bad_notify", str(exc)[:120]))
                 continue
-            _validated(raw, source, out)
+            _validated({**raw, **(extra or {})}, source, out)
 
 
 # --- api.near.social POST /index (action: notify), §7 ---------------------------------------

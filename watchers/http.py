@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -39,3 +40,45 @@ class JsonHttp:
             return loads_json(response.content)
         except ValueError as exc:
             raise WatcherError("answer is not JSON") from exc
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+class BodyTooLarge(WatcherError):
+    """The answer's body is over the caller's bound (it was not read to the end)."""
+
+
+class RawHttp:
+    """GETs that never follow redirects and read at most ``max_bytes`` of a body (the callers decide
+    what a status means). Transport failures, timeouts and bodies cut short are WatcherError."""
+
+    def __init__(self, timeout: float, concurrency: int) -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = httpx.AsyncClient(
+            timeout=timeout, limits=limits, follow_redirects=False, headers={"User-Agent": "near-push-gateway"}
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get(self, url: str, headers: Mapping[str, str], max_bytes: int) -> Answer:
+        try:
+            async with self._client.stream("GET", url, headers=headers) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise BodyTooLarge(f"body of {declared} bytes is over the {max_bytes}-byte limit")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():  # decoded: the bound holds for gzip too
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BodyTooLarge(f"body is over the {max_bytes}-byte limit")
+                    chunks.append(chunk)
+                return Answer(response.status_code, dict(response.headers), b"".join(chunks))
+        except httpx.TimeoutException as exc:
+            raise WatcherError(f"timeout: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:  # refused, reset, DNS, a body cut short (RemoteProtocolError)
+            raise WatcherError(f"request failed: {type(exc).__name__}: {exc}") from exc
