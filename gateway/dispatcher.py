@@ -18,9 +18,10 @@ import anyio
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
 from gateway.endpoints import origin_of, push_host, redact
+from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
-from gateway.payload import build_payload
+from gateway.payload import build_payload, urgency_for
 from gateway.store.base import Outcome, Store
 from gateway.webpush import PushAnswer, Verdict
 
@@ -34,7 +35,9 @@ CLAIM_GATHER = 0.005  # ...but no longer than this (seconds)
 
 
 class Sender(Protocol):
-    async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer: ...
+    async def send(
+        self, endpoint: str, p256dh: str, auth: str, plaintext: bytes, urgency: str | None = None
+    ) -> PushAnswer: ...
 
 
 def retry_delay(attempt: int, retry_after: float | None, settings: PushSettings, rng: random.Random) -> float:
@@ -77,11 +80,13 @@ class Dispatcher:
         settings: PushSettings,
         *,
         links: Mapping[str, Mapping[str, str]] | None = None,
+        explorer: tuple[str, str] = NEARBLOCKS,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._links = links or {}
+        self._explorer = explorer
         self._metrics = metrics
         self._store = store
         self._sender = sender
@@ -159,7 +164,9 @@ class Dispatcher:
             started = time.perf_counter()
             try:
                 plaintext = self._payload(claim)
-                answer = await self._sender.send(stream.endpoint, stream.p256dh, stream.auth, plaintext)
+                answer = await self._sender.send(
+                    stream.endpoint, stream.p256dh, stream.auth, plaintext, urgency_for(claim.row)
+                )
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
                 answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")
@@ -183,7 +190,13 @@ class Dispatcher:
         key = (claim.event_key, claim.stream.gateway, claim.compact)
         cached = self._payloads.get(key) if claim.event_key else None
         if cached is None:
-            cached = build_payload(claim.row, gateway=claim.stream.gateway, links=self._links, compact=claim.compact)
+            cached = build_payload(
+                claim.row,
+                gateway=claim.stream.gateway,
+                links=self._links,
+                compact=claim.compact,
+                explorer=self._explorer,
+            )
             if len(self._payloads) >= PAYLOAD_CACHE:
                 self._payloads.clear()
             self._payloads[key] = cached

@@ -8,6 +8,8 @@ The stream's ``gateway`` (the frontend the user subscribed on) decides. Built in
 Any other gateway: the operator's templates (``[[gateways]]`` in the config file), per value type,
 with ``{field}`` placeholders for the row's fields; then the gateway's ``default_link``; then the
 gateway itself.
+On-chain activity (transfers, keys, failed receipts, configured NEP-297 events) with no template of
+its type opens the block explorer (``[explorer]``): the transaction, or the account without one.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from gateway.models import ACTIVITY_TYPES
+
 NEAR_ORG = "https://near.org"
 NEAR_SOCIAL = "https://near.social"
 MOB = f"{NEAR_SOCIAL}/mob.near/widget"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NEARBLOCKS = ("https://nearblocks.io/txns/{txHash}", "https://nearblocks.io/address/{receiver}")
 
 
 def gateway_origin(gateway: str) -> str:
@@ -101,21 +106,34 @@ def fill_template(template: str, row: Mapping[str, Any], gateway: str) -> str | 
     return None if missing else filled
 
 
+def is_activity(row: Mapping[str, Any]) -> bool:
+    """On-chain account activity: a built-in type, or a configured NEP-297 event (it names its standard)."""
+    return row.get("valueType") in ACTIVITY_TYPES or (bool(row.get("receiptId")) and bool(row.get("standard")))
+
+
 def click_url(
     row: Mapping[str, Any],
     gateway: str,
     templates: Mapping[str, Mapping[str, str]] | None = None,
+    explorer: tuple[str, str] = NEARBLOCKS,
 ) -> str:
     """The page a click on this notification opens for a stream registered on ``gateway``.
 
-    ``templates`` maps a gateway origin to {value type or "default": URL template}.
+    ``templates`` maps a gateway origin to {value type or "default": URL template}; ``explorer`` is
+    (transaction template, account template) for on-chain activity.
     """
     origin = gateway_origin(gateway)
-    configured = (templates or {}).get(origin)
-    if configured:
-        for key in (str(row.get("valueType") or ""), "default"):
-            template = configured.get(key)
-            link = fill_template(template, row, gateway) if template else None
+    configured = (templates or {}).get(origin) or {}
+    value_type = str(row.get("valueType") or "")
+    keys = (value_type,) if is_activity(row) else (value_type, "default")
+    for key in keys:
+        template = configured.get(key)
+        link = fill_template(template, row, gateway) if template else None
+        if link:
+            return link
+    if is_activity(row):
+        for template in explorer:
+            link = fill_template(template, row, gateway)
             if link:
                 return link
     if origin == NEAR_ORG:

@@ -61,6 +61,17 @@ class _SharedState(Collector):
         )
         faults = CounterMetricFamily("gateway_watcher_faults", "Input the watcher skipped", labels=[*labels, "fault"])
         reconnects = CounterMetricFamily("gateway_watcher_reconnects", "Reconnects of the watcher", labels=labels)
+        blocks = CounterMetricFamily(
+            "gateway_watcher_blocks", "Heights a block watcher committed (skipped ones included)", labels=labels
+        )
+        skipped = CounterMetricFamily(
+            "gateway_watcher_skipped_heights",
+            "Heights at which no block was produced (or none could be read)",
+            labels=labels,
+        )
+        rate = GaugeMetricFamily(
+            "gateway_watcher_blocks_per_second", "Heights committed per second over the last minute", labels=labels
+        )
         for name, state in self.watchers.items():
             key = [name, str(state.get("kind", ""))]
             connected.add_metric(key, 1.0 if state.get("connected") else 0.0)
@@ -74,7 +85,11 @@ class _SharedState(Collector):
             reconnects.add_metric(key, float(state.get("reconnects", 0)))
             for fault, count in dict(state.get("faults", {})).items():
                 faults.add_metric([*key, fault], float(count))
-        yield from (connected, lag_s, lag_b, height, events, faults, reconnects)
+            if state.get("kind") == "neardata":
+                blocks.add_metric(key, float(state.get("blocks", 0)))
+                skipped.add_metric(key, float(state.get("skipped_heights", 0)))
+                rate.add_metric(key, float(state.get("blocks_per_second", 0.0)))
+        yield from (connected, lag_s, lag_b, height, events, faults, reconnects, blocks, skipped, rate)
 
 
 class Metrics:

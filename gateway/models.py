@@ -30,6 +30,21 @@ NEAR_ROW_FIELDS = (
     "devhubPostId",
     "actionAtBlockHeight",
 )
+# On-chain account activity that the neardata watcher derives from blocks (watchers/chain.py): each
+# is its own notification, and a click opens the block explorer unless the gateway says otherwise.
+ACTIVITY_TYPES = frozenset(
+    {
+        "near_transfer",
+        "ft_transfer",
+        "ft_mint",
+        "ft_burn",
+        "nft_transfer",
+        "nft_mint",
+        "add_key",
+        "delete_key",
+        "receipt_failed",
+    }
+)
 MAX_GATEWAY_LENGTH = 512
 MAX_VALUE_TYPE_LENGTH = 128
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.links import click_url
-from gateway.models import NEAR_ROW_FIELDS
+from gateway.links import NEARBLOCKS, click_url
+from gateway.models import ACTIVITY_TYPES, NEAR_ROW_FIELDS
 
 # aes128gcm in one record: 4096-byte body limit − 86-byte header − 1 delimiter − 16 tag.
 MAX_PLAINTEXT_BYTES = 3993
@@ -45,6 +45,79 @@ _TEXTS: dict[str, tuple[str, str]] = {
 }
 
 
+NEAR_DECIMALS = 24
+SHOWN_DECIMALS = 6  # fraction digits shown of an amount; the rest is cut, not rounded up
+
+
+def format_amount(raw: Any, decimals: int) -> str | None:
+    """A token amount in human units: "2.5", "1,000", "0.00035"; None when ``raw`` is not a u128 string.
+
+    Exact integer arithmetic (a u128 does not fit a double); an amount too small to show is "< 0.000001".
+    """
+    if not (isinstance(raw, str) and raw.isascii() and raw.isdigit()):
+        return None
+    whole, fraction = divmod(int(raw), 10**decimals)
+    shown = min(decimals, SHOWN_DECIMALS)
+    digits = str(fraction).rjust(decimals, "0")[:shown].rstrip("0") if decimals else ""
+    if whole == 0 and not digits and fraction:
+        return f"< 0.{'0' * (shown - 1)}1"
+    return f"{whole:,}" + (f".{digits}" if digits else "")
+
+
+def _token_amount(row: dict[str, Any]) -> str:
+    """The amount with the token's symbol (ft_metadata), or raw units of the contract when unknown."""
+    decimals, symbol, token = row.get("decimals"), row.get("symbol"), row.get("token") or "a token"
+    if isinstance(decimals, int) and isinstance(symbol, str):
+        amount = format_amount(row.get("amount"), decimals)
+        if amount is not None:
+            return f"{amount} {symbol}"
+    return f"{row.get('amount')} (raw units) of {token}"
+
+
+def _nfts(row: dict[str, Any]) -> str:
+    found = row.get("tokenIds")
+    ids: list[Any] = found if isinstance(found, list) else []
+    token = row.get("token") or "a contract"
+    what = f"NFT {ids[0]}" if len(ids) == 1 else f"{len(ids)} NFTs"
+    return f"{what} from {token}"
+
+
+def _activity_text(value_type: str, row: dict[str, Any], who: str) -> tuple[str, str]:
+    account = str(row.get("receiver") or "your account")
+    if value_type == "near_transfer":
+        amount = format_amount(row.get("amount"), NEAR_DECIMALS) or str(row.get("amount"))
+        return "NEAR received", f"{who} sent you {amount} NEAR"
+    if value_type == "ft_transfer":
+        return "Tokens received", f"You received {_token_amount(row)} from {who}"
+    if value_type == "ft_mint":
+        return "Tokens received", f"{_token_amount(row)} minted to {account}"
+    if value_type == "ft_burn":
+        return "Tokens burned", f"{_token_amount(row)} burned from {account}"
+    if value_type == "nft_transfer":
+        return "NFT received", f"{who} sent you {_nfts(row)}"
+    if value_type == "nft_mint":
+        return "NFT received", f"You received {_nfts(row)}"
+    if value_type == "add_key":
+        if row.get("permission") == "FullAccess":
+            return "Security alert", f"New full-access key added to {account}"
+        return "New access key", f"New key for {row.get('permission')} added to {account}"
+    if value_type == "delete_key":
+        return "Security alert", f"An access key was deleted from {account}"
+    # receipt_failed
+    method, contract = row.get("method"), row.get("contract") or "a contract"
+    call = f"{method} on {contract}" if method else f"a call to {contract}"
+    why = row.get("errorMessage") or row.get("error") or "an error"
+    return "Transaction failed", f"Your {call} failed: {why}"
+
+
+def urgency_for(row: dict[str, Any]) -> str | None:
+    """RFC 8030 Urgency of one push when it is not the configured default: security alerts are high."""
+    value_type = row.get("valueType")
+    if value_type == "delete_key" or (value_type == "add_key" and row.get("permission") == "FullAccess"):
+        return "high"
+    return None
+
+
 def _thing(row: dict[str, Any]) -> str:
     path = row.get("path") or ""
     return "comment" if "/post/comment" in str(path) else "post"
@@ -56,6 +129,8 @@ def title_and_body(row: dict[str, Any]) -> tuple[str, str]:
     if value_type == "custom":
         message = row.get("message")
         return "Notification", str(message) if message else f"{who} sent you a notification"
+    if value_type in ACTIVITY_TYPES:
+        return _activity_text(value_type, row, who)
     title, template = _TEXTS.get(value_type, ("New notification", "{who} sent you a {type} notification"))
     return title, template.format(who=who, thing=_thing(row), type=value_type or "new")
 
@@ -66,7 +141,7 @@ def notification_tag(row: dict[str, Any]) -> str:
     Mentions and custom messages are each their own notification, so they are tagged by id.
     """
     value_type = str(row.get("valueType") or "notification")
-    if value_type in ("mention", "custom") or value_type.endswith("/mention"):
+    if value_type in ("mention", "custom") or value_type.endswith("/mention") or value_type in ACTIVITY_TYPES:
         return f"{value_type}:{row.get('id')}"[:MAX_TAG_CHARS]
     target = row.get("devhubPostId") or row.get("actionAtBlockHeight") or row.get("path") or ""
     return f"{value_type}:{row.get('receiver')}:{target}"[:MAX_TAG_CHARS]
@@ -86,17 +161,19 @@ def build_payload(
     gateway: str = "https://near.org",
     links: Mapping[str, Mapping[str, str]] | None = None,
     compact: bool = False,
+    explorer: tuple[str, str] = NEARBLOCKS,
 ) -> bytes:
     """The JSON plaintext of one push, never over the aes128gcm single-record limit.
 
     ``gateway`` is the stream's frontend (it decides the click link, with the operator's ``links``
-    templates by gateway origin); ``compact`` is the smaller form sent once after a 413.
+    templates by gateway origin, and ``explorer`` for on-chain activity); ``compact`` is the smaller
+    form sent once after a 413.
     """
     title, body = title_and_body(row)
     added = {
         "title": title,
         "body": _truncate(body, COMPACT_BODY_CHARS if compact else MAX_BODY_CHARS),
-        "url": click_url(row, gateway, links),
+        "url": click_url(row, gateway, links, explorer),
         "tag": notification_tag(row),
     }
     limit = COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES

@@ -132,7 +132,14 @@ class Gateway:
             push = settings.push
             async with push_client(signer, push) as client:
                 metrics = Metrics()
-                dispatcher = Dispatcher(store, client, push, links=settings.link_templates, metrics=metrics)
+                dispatcher = Dispatcher(
+                    store,
+                    client,
+                    push,
+                    links=settings.link_templates,
+                    explorer=(settings.explorer.transaction, settings.explorer.account),
+                    metrics=metrics,
+                )
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
                 wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
                 sink = StoreSink(store, policy_from(settings.matching), wake)

@@ -213,15 +213,16 @@ class PushClient:
         self._urgency = urgency
         self._timeout = timeout
         self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls)
-        self._rendered: dict[str, tuple[str, bytes]] = {}
+        self._rendered: dict[tuple[str, str], tuple[str, bytes]] = {}
 
     async def __aenter__(self) -> PushClient:
         return self
 
-    def _headers(self, origin: str) -> bytes:
-        """The header block for one push service, rendered once per VAPID token."""
+    def _headers(self, origin: str, urgency: str | None = None) -> bytes:
+        """The header block for one push service and urgency, rendered once per VAPID token."""
         authorization = self._signer.authorization(origin)
-        cached = self._rendered.get(origin)
+        key = (origin, urgency or self._urgency)
+        cached = self._rendered.get(key)
         if cached is None or cached[0] != authorization:
             block = render_headers(
                 {
@@ -229,19 +230,22 @@ class PushClient:
                     "Content-Encoding": "aes128gcm",
                     "Content-Type": "application/octet-stream",
                     "TTL": self._ttl,
-                    "Urgency": self._urgency,
+                    "Urgency": key[1],
                 }
             )
-            cached = self._rendered[origin] = (authorization, block)
+            cached = self._rendered[key] = (authorization, block)
         return cached[1]
 
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def send(self, endpoint: str, p256dh: str, auth: str, plaintext: bytes) -> PushAnswer:
+    async def send(
+        self, endpoint: str, p256dh: str, auth: str, plaintext: bytes, urgency: str | None = None
+    ) -> PushAnswer:
+        """One push; ``urgency`` overrides the configured Urgency for it (a security alert is high)."""
         body = encrypt(plaintext, p256dh, auth)
         try:
-            answer = await self._http.post(endpoint, self._headers(origin_of(endpoint)), body, self._timeout)
+            answer = await self._http.post(endpoint, self._headers(origin_of(endpoint), urgency), body, self._timeout)
         except TimeoutError:
             return PushAnswer(Verdict.RETRY, None, None, "timeout")
         except HttpError as exc:

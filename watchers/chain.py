@@ -64,9 +64,6 @@ BUILTIN_EVENTS: dict[tuple[str, str], tuple[str, str, str | None]] = {
     ("nep171", "nft_transfer"): ("nft_transfer", "new_owner_id", "old_owner_id"),
     ("nep171", "nft_mint"): ("nft_mint", "owner_id", None),
 }
-ACTIVITY_TYPES = frozenset(
-    {"near_transfer", "add_key", "delete_key", "receipt_failed", *(v[0] for v in BUILTIN_EVENTS.values())}
-)
 
 
 # --- the parts of a block that are read (everything else is skipped while parsing) ----------
