@@ -401,6 +401,7 @@ class FakeNearRpc:
         self.requests: list[dict[str, Any]] = []
         self.down = False
         self.head = 0  # the chain head's height, for method "block"
+        self.tokens: dict[str, Any] = {}  # contract -> what its ft_metadata returns (call_function)
         self._http = _HttpServer(self._handle)
         self.url = self._http.url
 
@@ -420,6 +421,17 @@ class FakeNearRpc:
         if body.get("method") == "block":
             reply = {"jsonrpc": "2.0", "id": body.get("id"), "result": {"header": {"height": self.head}}}
             _HttpServer.reply(h, 200, json.dumps(reply).encode())
+            return
+        if params.get("request_type") == "call_function":
+            contract = params.get("account_id")
+            if params.get("method_name") != "ft_metadata" or contract not in self.tokens:
+                answer: dict[str, Any] = {
+                    "error": {"name": "HANDLER_ERROR", "cause": {"name": "CONTRACT_EXECUTION_ERROR"}, "code": -32000}
+                }
+            else:
+                returned = list(json.dumps(self.tokens[contract]).encode())
+                answer = {"result": {"result": returned, "logs": [], "block_height": 1, "block_hash": "x"}}
+            _HttpServer.reply(h, 200, json.dumps({"jsonrpc": "2.0", "id": body.get("id"), **answer}).encode())
             return
         assert body.get("method") == "query" and params.get("request_type") == "view_access_key", body
         account, key = params["account_id"], params["public_key"]

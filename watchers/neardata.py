@@ -189,8 +189,10 @@ class NeardataWatcher(Watcher):
             try:
                 answer = await self._get(http, f"{self._block_route}{height}")
                 return self._read_block(answer, height)
-            except BodyTooLarge as exc:
-                self._skip_bad_height(height, Fault("block_too_large", str(exc)))
+            except BodyTooLarge as exc:  # the same block would be as big again: skip it, loudly
+                fault = Fault("block_too_large", str(exc))
+                self.fault(fault)
+                self._skip_bad_height(height, fault)
                 return SKIPPED
             except BadAnswer as exc:
                 self.fault(exc.fault)
