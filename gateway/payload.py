@@ -105,7 +105,7 @@ def _activity_text(value_type: str, row: dict[str, Any], who: str) -> tuple[str,
         return "Security alert", f"An access key was deleted from {account}"
     # receipt_failed
     method, contract = row.get("method"), row.get("contract") or "a contract"
-    call = f"{method} on {contract}" if method else f"a call to {contract}"
+    call = f"call to {method} on {contract}" if method else f"transaction to {contract}"
     why = row.get("errorMessage") or row.get("error") or "an error"
     return "Transaction failed", f"Your {call} failed: {why}"
 

@@ -269,6 +269,11 @@ def test_page_subscribes_mutes_and_unsubscribes(
     page.uncheck("#types input[value=like]")
     page.wait_for_selector("#mute-state:has-text('Unmuted Likes')")
     assert gateway.query("SELECT * FROM preferences") == []
+    page.check("#types input[value=add_key]")  # the on-chain activity types are offered too
+    page.wait_for_selector("#mute-state:has-text('Muted Keys added')")
+    assert [tuple(r) for r in gateway.query("SELECT value_type FROM preferences")] == [("add_key",)]
+    page.uncheck("#types input[value=add_key]")
+    page.wait_for_selector("#mute-state:has-text('Unmuted Keys added')")
 
     page.click("#unsubscribe")
     page.wait_for_selector("#state[data-state=unsubscribed]")

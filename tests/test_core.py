@@ -175,6 +175,9 @@ def test_classify_and_retry_after() -> None:
     assert parse_retry_after("120", 0) == 120
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == pytest.approx(10)
     assert parse_retry_after("soon", 0) is None
+    # never raises: "²" is a digit to str.isdigit() but not to float(); dates past year 9999 overflow
+    for garbage in ("\xb2", "1e3", "-5", "Wed, 21 Oct 99999 07:28:00 GMT", "", "   "):
+        assert parse_retry_after(garbage, 0) is None
 
 
 def test_retry_decisions() -> None:

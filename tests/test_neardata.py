@@ -100,7 +100,7 @@ def test_neardata_delivers_social_transfer_ft_nft_key_and_failure_rows_end_to_en
     assert near.payload["body"] == "users.kaiching sent you 0.01 NEAR" and near.headers["Urgency"] == "normal"
     (failed,) = by_type(fake_push, relay)["receipt_failed"]
     assert failed.payload["title"] == "Transaction failed"
-    assert failed.payload["body"] == "Your submit on aurora failed: Smart contract panicked: ERR_OUT_OF_FUND"
+    assert failed.payload["body"] == "Your call to submit on aurora failed: Smart contract panicked: ERR_OUT_OF_FUND"
     social = by_type(fake_push, devgov)
     assert set(social) == {"like", "comment"}
     (like,) = social["like"]

@@ -13,6 +13,9 @@ const STATE_KEY = "/__near-push/state";
 export const NOTIFICATION_TYPES = [
   ["like", "Likes"], ["comment", "Comments"], ["mention", "Mentions"], ["follow", "New followers"],
   ["repost", "Reposts"], ["poke", "Pokes"], ["star", "Stars"], ["custom", "App messages"],
+  // account activity on chain (the neardata watcher)
+  ["near_transfer", "NEAR received"], ["ft_transfer", "Tokens received"], ["nft_transfer", "NFTs received"],
+  ["add_key", "Keys added"], ["delete_key", "Keys deleted"], ["receipt_failed", "Failed transactions"],
 ];
 
 /** Does this browser support Web Push at all? */
