@@ -12,6 +12,7 @@ from gateway.config import (
     GatewaySettings,
     HttpPollJsonWatcherSettings,
     NearActionsWatcherSettings,
+    NeardataWatcherSettings,
     QueryApiWatcherSettings,
     Settings,
     SocialIndexWatcherSettings,
@@ -91,13 +92,15 @@ def test_every_setting_is_documented_in_config_example_with_its_default() -> Non
         assert example[section][key] == defaults[section][key], f"{dotted}: example differs from the default"
     # and the example holds nothing the code does not know
     loaded = load_settings(ROOT / "config.example.toml")
-    assert loaded.model_copy(update={"watchers": [], "gateways": []}) == Settings()
+    enabled = [w for w in loaded.watchers if w.enabled]
+    assert loaded.model_copy(update={"watchers": enabled, "gateways": []}) == Settings()
     assert len(loaded.gateways) == 1
     assert set(GatewaySettings.model_fields) <= set(example["gateways"][0])
     assert loaded.link_templates["https://my-frontend.example"]["default"] == "{gateway}/notifications"
 
 
 WATCHER_KINDS = {
+    "neardata": NeardataWatcherSettings,
     "queryapi": QueryApiWatcherSettings,
     "near-actions": NearActionsWatcherSettings,
     "social-index": SocialIndexWatcherSettings,
@@ -120,7 +123,18 @@ def test_every_watcher_kind_is_documented_with_every_key_at_its_default() -> Non
             if isinstance(default, BaseModel):
                 default = default.model_dump()
             assert documented[key] == default, f"{kind}.{key}: example differs from the default"
-    assert not any(w.enabled for w in load_settings(ROOT / "config.example.toml").watchers)
+    enabled = [w for w in load_settings(ROOT / "config.example.toml").watchers if w.enabled]
+    assert enabled == Settings().watchers  # the embedded default, and nothing else
+
+
+def test_the_embedded_default_follows_mainnet_through_neardata_and_an_empty_list_runs_none(tmp_path: Path) -> None:
+    (default,) = load_settings().watchers
+    assert isinstance(default, NeardataWatcherSettings)
+    assert (default.name, default.url, default.finality) == ("neardata", "https://mainnet.neardata.xyz", "final")
+    assert default.start_block_height == 0  # the newest block: no flood of history
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("watchers = []\n")
+    assert load_settings(cfg).watchers == []
 
 
 def test_every_route_and_command_is_in_the_readme() -> None:
