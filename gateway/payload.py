@@ -131,6 +131,8 @@ def title_and_body(row: dict[str, Any]) -> tuple[str, str]:
         return "Notification", str(message) if message else f"{who} sent you a notification"
     if value_type in ACTIVITY_TYPES:
         return _activity_text(value_type, row, who)
+    if row.get("standard") and row.get("receiptId"):  # a NEP-297 event the operator configured
+        return "On-chain activity", f"{row.get('event') or value_type} by {who} on {row.get('token') or 'a contract'}"
     title, template = _TEXTS.get(value_type, ("New notification", "{who} sent you a {type} notification"))
     return title, template.format(who=who, thing=_thing(row), type=value_type or "new")
 

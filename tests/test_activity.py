@@ -70,6 +70,11 @@ def test_activity_texts(row: dict[str, Any], title: str, body: str) -> None:
     assert title_and_body(row) == (title, body)
 
 
+def test_a_configured_event_type_says_what_happened_where() -> None:
+    row = {**activity("mt_transfer"), "standard": "nep245", "event": "mt_transfer", "token": "intents.near"}
+    assert title_and_body(row) == ("On-chain activity", "mt_transfer by alice.near on intents.near")
+
+
 def test_security_alerts_are_urgent_and_the_rest_keep_the_default() -> None:
     assert urgency_for(activity("add_key", permission="FullAccess")) == "high"
     assert urgency_for(activity("delete_key")) == "high"

@@ -34,7 +34,7 @@ EVENT_PREFIX = "EVENT_JSON:"
 MAX_ERROR_CHARS = 300
 MAX_MEMO_CHARS = 200
 MAX_EVENT_DATA_BYTES = 2048  # a configured event's `data` entry is kept in the row up to this size
-U128 = re.compile(r"^[0-9]{1,39}$")
+U128 = re.compile(r"^[0-9]{1,39}\Z")  # \Z: "$" would also take a trailing newline
 # Receipt and action variants that carry no activity of ours: known, so not counted as faults.
 QUIET_RECEIPTS = frozenset({"Data", "GlobalContractDistribution"})
 QUIET_ACTIONS = frozenset(
@@ -126,6 +126,8 @@ def parse_block(body: bytes) -> tuple[Block | None, Fault | None]:
         return None, Fault("malformed_json", str(exc)[:120])
     except msgspec.ValidationError as exc:
         return None, Fault("bad_block", str(exc)[:120])
+    except RecursionError:  # msgspec raises it, not DecodeError, for nesting past the interpreter's limit
+        return None, Fault("malformed_json", "JSON nested too deeply")
     if envelope is None:
         return None, None
     header = envelope.block.header
@@ -142,9 +144,10 @@ def parse_block(body: bytes) -> tuple[Block | None, Fault | None]:
 
 def _block_time(header: _Header) -> float | None:
     stamp = header.timestamp_nanosec
-    if isinstance(stamp, str) and stamp.isdigit():
+    # a u64 of ASCII digits: isdigit() alone takes "²", and a long one overflows int() or the float
+    if isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 20:
         return int(stamp) / 1e9
-    if isinstance(header.timestamp, int) and not isinstance(header.timestamp, bool):
+    if isinstance(header.timestamp, int) and not isinstance(header.timestamp, bool) and 0 <= header.timestamp < 2**64:
         return header.timestamp / 1e9
     return None
 
@@ -179,10 +182,10 @@ class _Receipt:
         if not isinstance(receiver, str):
             self.out.faults.append(Fault("bad_row", f"{value_type} receiver is not an account id"))
             return
+        n = self.counts.get(value_type, 0)
+        self.counts[value_type] = n + 1  # before the filter: a row's id and key must not depend on who else subscribes
         if receiver not in self.accounts:
             return
-        n = self.counts.get(value_type, 0)
-        self.counts[value_type] = n + 1
         raw = {
             "id": f"{self.receipt_id}:{value_type}:{n}",
             "blockHeight": self.block.height,
@@ -230,7 +233,7 @@ def decode_block(
         for outcome in shard.receipt_execution_outcomes or ():
             try:
                 _decode_receipt(block, outcome, source, accounts, social_contract, events, out)
-            except (TypeError, ValueError, KeyError, AttributeError, IndexError, binascii.Error) as exc:
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError, binascii.Error, RecursionError) as exc:
                 out.faults.append(Fault("bad_receipt", f"{type(exc).__name__}: {str(exc)[:120]}"))
     out.max_block_height = block.height
     return out
@@ -324,7 +327,8 @@ def _action(ctx: _Receipt, index: int, action: Any, social_contract: str) -> Non
                     receivers=ctx.accounts,
                     extra={"receiptId": ctx.receipt_id, "txHash": ctx.tx_hash},
                 )
-            except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+            # RecursionError: notify is anyone's text, and may nest deeper than the parser goes
+            except (ValueError, TypeError, AttributeError, binascii.Error, RecursionError) as exc:
                 ctx.out.faults.append(Fault("bad_args", f"social set: {type(exc).__name__}: {str(exc)[:100]}"))
     elif name not in QUIET_ACTIONS:
         ctx.out.faults.append(Fault("unknown_action", f"action variant {name[:40]}"))
@@ -395,7 +399,7 @@ def _strings(value: Any) -> Iterator[str]:
 def _nep297(ctx: _Receipt, emitter: str, text: str, rules: Sequence[ChainEventSettings]) -> None:
     try:
         event = loads_json(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # any contract can log nesting deeper than the parser goes
         ctx.out.faults.append(Fault("bad_event", "EVENT_JSON is not JSON"))
         return
     if not isinstance(event, dict):

@@ -96,7 +96,7 @@ def parse_json(text: str | bytes) -> tuple[Any, Fault | None]:
     """A frame or page as JSON, or the fault that says why it is not."""
     try:
         return loads_json(text), None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting past the parser
         return None, Fault("malformed_json", str(exc)[:120])
 
 
@@ -197,7 +197,7 @@ def decode_actions_frame(text: str | bytes, *, source: str, contract: str = SOCI
     for action in frame["actions"]:
         try:
             _decode_action(action, source, contract, out)
-        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, RecursionError) as exc:  # deep notify
             out.faults.append(Fault("bad_action", f"{type(exc).__name__}: {str(exc)[:120]}"))
             continue
         stamp = action.get("blockTimestampMs")

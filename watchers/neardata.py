@@ -65,6 +65,7 @@ class NeardataWatcher(Watcher):
         self.settings = settings
         self._accounts: frozenset[str] = frozenset()
         self._accounts_read_at = -math.inf
+        self._accounts_known = False
         self._idle = False
         self._head: int | None = None
         self._head_at = -math.inf
@@ -83,7 +84,11 @@ class NeardataWatcher(Watcher):
         try:
             next_height: int | None = None
             while True:
-                if not await self._subscribed():
+                accounts = await self._subscribed()
+                if accounts is None:  # not known yet (the store is unavailable): neither idle nor busy
+                    await anyio.sleep(min(1.0, s.accounts_refresh))
+                    continue
+                if not accounts:
                     self._idle, next_height = True, None
                     self.state.connected = False
                     await anyio.sleep(min(1.0, s.accounts_refresh))
@@ -95,16 +100,18 @@ class NeardataWatcher(Watcher):
             with anyio.CancelScope(shield=True):
                 await http.aclose()
 
-    async def _subscribed(self) -> frozenset[str]:
-        """The accounts that have a stream, read again every ``accounts_refresh`` seconds."""
+    async def _subscribed(self) -> frozenset[str] | None:
+        """The accounts that have a stream, read again every ``accounts_refresh`` seconds; None
+        until they could be read once (an unreadable store is not "nobody is subscribed")."""
         now = time.monotonic()
         if now - self._accounts_read_at >= self.settings.accounts_refresh:
             try:
                 self._accounts = frozenset(await self.sink.accounts())
+                self._accounts_known = True
             except Exception as exc:  # the store is briefly unavailable: keep the last set
                 self.fault(Fault("accounts_unavailable", str(exc)[:120]))
             self._accounts_read_at = now
-        return self._accounts
+        return self._accounts if self._accounts_known else None
 
     async def _start(self, http: RawHttp) -> int:
         """The first height to ask for: after the stored cursor; else the configured start; else the
