@@ -373,3 +373,50 @@ def test_explorer_links_are_configurable_and_gateway_templates_win(
     (own,) = fake_push.wait_count(wallet, 1)
     assert social_gw.payload["url"] == "https://testnet.nearblocks.io/txns/TX"
     assert own.payload["url"] == f"https://wallet.example/tx/TX/R{H}x0"
+
+
+class FlakySink:
+    """An EventSink over memory whose accounts() fails the first ``failures`` times (a store blip)."""
+
+    def __init__(self, cursor: str | None, failures: int) -> None:
+        self.stored = cursor
+        self.failures = failures
+        self.delivered: list[Any] = []
+
+    async def cursor(self, key: str) -> str | None:
+        return self.stored
+
+    async def deliver(self, events: list[Any], cursor_key: str, cursor: str | None) -> int:
+        self.delivered += events
+        self.stored = cursor if cursor is not None else self.stored
+        return len(events)
+
+    async def accounts(self) -> list[str]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the store is restarting")
+        return ["bob.near"]
+
+
+def test_a_store_blip_while_reading_the_accounts_resumes_from_the_cursor_not_the_tip(chain: FakeNeardata) -> None:
+    import anyio
+
+    from gateway.config import NeardataWatcherSettings
+    from watchers.neardata import NeardataWatcher
+
+    chain.produce_many((h, transfer_block(h)) for h in range(H, H + 6))
+    sink = FlakySink(cursor=str(H + 1), failures=2)
+    settings = NeardataWatcherSettings(**neardata(chain.url, "http://127.0.0.1:9/", accounts_refresh=0.05))
+    watcher = NeardataWatcher(settings, sink)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run)
+            with anyio.fail_after(10):
+                while sink.stored != str(H + 5):
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert [int(e.row["amount"]) for e in sink.delivered] == [H + 2, H + 3, H + 4, H + 5]
+    assert watcher.state.faults["accounts_unavailable"] == 2
