@@ -279,7 +279,7 @@ class NeardataWatcherSettings(WatcherSettingsBase):
     # Seconds for one block request; a height just past the tip is held open by the server ~1 s per block.
     request_timeout: float = Field(30.0, gt=0)
     max_block_bytes: int = Field(32 * MIB, ge=64 * KIB)  # a bigger block is a counted, logged fault
-    accounts_refresh: float = Field(2.0, gt=0)  # seconds between reads of the accounts that have streams
+    accounts_refresh: float = Field(2.0, gt=0)  # seconds between reads of the accounts whose streams changed
     rpc_url: str = NEAR_RPC_MAINNET  # NEAR RPC asked for ft_metadata (token decimals and symbol), cached
     social_contract: str = "social.near"  # whose `set` calls carry index.notify (social notifications)
     events: list[ChainEventSettings] = Field(default_factory=list)  # more NEP-297 events as notification types

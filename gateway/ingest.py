@@ -27,3 +27,6 @@ class StoreSink:
 
     async def accounts(self) -> list[str]:
         return await self._store.accounts()
+
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        return await self._store.accounts_updated_since(since)

@@ -23,7 +23,7 @@ from gateway.store.base import Store
 from watchers import build_watcher
 
 # Kinds whose cursor is a block height the source can start from.
-REPLAYABLE = frozenset({"queryapi", "websocket-json", "http-poll-json"})
+REPLAYABLE = frozenset({"neardata", "queryapi", "websocket-json", "http-poll-json"})
 
 
 @dataclass
@@ -71,6 +71,9 @@ class ReplaySink:
 
     async def accounts(self) -> list[str]:
         return await self._store.accounts()
+
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        return await self._store.accounts_updated_since(since)
 
 
 async def replay(

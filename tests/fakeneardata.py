@@ -61,6 +61,7 @@ class FakeNeardata:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body go in two writes: no delayed-ACK stall between
 
             def log_message(self, *args: Any) -> None:
                 pass

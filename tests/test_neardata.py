@@ -397,6 +397,9 @@ class FlakySink:
             raise ConnectionError("the store is restarting")
         return ["bob.near"]
 
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        return []
+
 
 def test_a_store_blip_while_reading_the_accounts_resumes_from_the_cursor_not_the_tip(chain: FakeNeardata) -> None:
     import anyio
@@ -420,3 +423,31 @@ def test_a_store_blip_while_reading_the_accounts_resumes_from_the_cursor_not_the
     anyio.run(main)
     assert [int(e.row["amount"]) for e in sink.delivered] == [H + 2, H + 3, H + 4, H + 5]
     assert watcher.state.faults["accounts_unavailable"] == 2
+
+
+def test_a_skipped_height_is_recovered_by_replay_once_the_limit_is_raised(
+    start_gateway: Any, fake_push: FakePushService, chain: FakeNeardata, rpc: FakeNearRpc, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main
+    from tests.test_operate import config_file
+
+    huge = transfer_block(H)
+    huge["block"]["header"]["padding"] = "x" * (70 * 1024)
+    chain.produce(H, huge)
+    chain.produce(H + 1, transfer_block(H + 1))
+    small = neardata(chain.url, rpc.url, max_block_bytes=64 * 1024)
+    gw = start_gateway(watchers=[small], matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    fake_push.wait_count(bob, 1)
+    assert wait_until(lambda: state(gw)["cursor"] == str(H + 1))
+    raised = f'[[watchers]]\nname = "chain"\nkind = "neardata"\nurl = "{chain.url}"\nrpc_url = "{rpc.url}"\n'
+    cfg = str(config_file(tmp_path, gw, "[matching]\nmax_per_endpoint_per_day = 0\n" + raised))
+    capsys.readouterr()
+    args = ["replay", "--watcher", "chain", "--from-block", str(H), "--to-block", str(H + 1), "--config", cfg]
+    assert main(args) == 0
+    assert "1 new" in capsys.readouterr().out
+    fake_push.wait_count(bob, 2)
+    time.sleep(0.5)
+    assert sorted(amounts(fake_push, bob)) == [H, H + 1]  # the lost block once, the other not again
+    assert state(gw)["cursor"] == str(H + 1)  # the live cursor stays

@@ -114,11 +114,23 @@ async def test_a_claimed_delivery_is_not_claimed_by_another_process(make_store: 
         await b.close()
 
 
+async def test_accounts_updated_since_names_only_the_accounts_whose_streams_changed(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    clock.now += 10
+    await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+    assert await store.accounts_updated_since(clock.now) == ["carol.near"]
+    assert sorted(await store.accounts_updated_since(clock.now - 10)) == ["bob.near", "carol.near"]
+    clock.now += 10
+    assert await store.accounts_updated_since(clock.now) == []
+    await store.upsert_stream("bob.near", "https://near.social", E1, P256DH, AUTH)  # a refresh counts too
+    assert await store.accounts_updated_since(clock.now) == ["bob.near"]
+
+
 async def test_streams_accounts_and_preferences(store: Store) -> None:
     assert await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH) is True
     assert await store.upsert_stream("bob.near", "https://near.social", E1, P256DH, AUTH) is False
     await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
-    assert await store.accounts() == ["bob.near", "carol.near"]
+    assert sorted(await store.accounts()) == ["bob.near", "carol.near"]
     assert await store.set_preference("bob.near", E1, "like", True) is True
     assert await store.set_preference("mallory.near", E1, "like", True) is False
     result = await store.ingest([event(1, value_type="like"), event(2, value_type="poke")], MatchPolicy())

@@ -39,6 +39,9 @@ class EventSink(Protocol):
     async def accounts(self) -> list[str]:
         """Accounts that have at least one stream (social-index polls each)."""
 
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        """Accounts whose streams were created or refreshed at ``since`` (wall time) or later."""
+
 
 class WatcherError(Exception):
     """A watcher's session ended for a reason worth a reconnect (server error, timeout, bad state)."""

@@ -7,8 +7,9 @@ goes only where it belongs; 429 waits ``Retry-After``; 5xx, dropped connections 
 are retried, never skipped. While behind, ``concurrency`` blocks are fetched at once and committed
 strictly in height order, each with its events and the cursor (its height) in one transaction.
 
-Only accounts that have a stream matter: the decoder gets their set, and while there are none no
-block is downloaded at all. Having been idle, the watcher starts again at the newest final block.
+Only accounts that have a stream matter: the decoder gets their set (kept current from what changed,
+so its upkeep grows with the changes, not the subscribers), and while there are none no block is
+downloaded at all. Having been idle, the watcher starts again at the newest final block.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ TIP_WAIT = 0.5  # seconds before asking again for a height the chain has not mad
 BAD_ANSWER_ATTEMPTS = 5  # a height whose answer is malformed this often in a row is skipped (and logged)
 BLOCK_PATH = re.compile(r"/v0/block(?:_opt)?/(\d+)")
 RPC_TIMEOUT = 5.0
+ACCOUNTS_RELOAD = 300.0  # seconds between reads of the whole set of subscribed accounts
+# Seconds of overlap when asking what changed: transactions commit out of order, and several API
+# processes stamp streams with their own clocks.
+CHANGE_SLACK = 30.0
 
 
 class NotYet(Exception):
@@ -63,9 +68,11 @@ class NeardataWatcher(Watcher):
     def __init__(self, settings: NeardataWatcherSettings, sink: EventSink) -> None:
         super().__init__(settings, sink)
         self.settings = settings
-        self._accounts: frozenset[str] = frozenset()
+        self._accounts: set[str] = set()
         self._accounts_read_at = -math.inf
+        self._accounts_loaded_at = -math.inf
         self._accounts_known = False
+        self._changes_from = 0.0  # wall time of the last read: changes since then are asked for
         self._idle = False
         self._head: int | None = None
         self._head_at = -math.inf
@@ -100,17 +107,25 @@ class NeardataWatcher(Watcher):
             with anyio.CancelScope(shield=True):
                 await http.aclose()
 
-    async def _subscribed(self) -> frozenset[str] | None:
-        """The accounts that have a stream, read again every ``accounts_refresh`` seconds; None
-        until they could be read once (an unreadable store is not "nobody is subscribed")."""
+    async def _subscribed(self) -> set[str] | None:
+        """The accounts that have a stream; None until they could be read once (an unreadable
+        store is not "nobody is subscribed"). Every ``accounts_refresh`` seconds the accounts whose
+        streams changed are added; the whole set is read again every ACCOUNTS_RELOAD seconds (which
+        also drops accounts whose streams are gone: until then they only cost a lookup)."""
         now = time.monotonic()
-        if now - self._accounts_read_at >= self.settings.accounts_refresh:
-            try:
-                self._accounts = frozenset(await self.sink.accounts())
-                self._accounts_known = True
-            except Exception as exc:  # the store is briefly unavailable: keep the last set
-                self.fault(Fault("accounts_unavailable", str(exc)[:120]))
-            self._accounts_read_at = now
+        if now - self._accounts_read_at < self.settings.accounts_refresh:
+            return self._accounts if self._accounts_known else None
+        started = time.time()
+        try:
+            if not self._accounts_known or now - self._accounts_loaded_at >= ACCOUNTS_RELOAD:
+                self._accounts = set(await self.sink.accounts())
+                self._accounts_loaded_at, self._accounts_known = now, True
+            else:
+                self._accounts.update(await self.sink.accounts_updated_since(self._changes_from - CHANGE_SLACK))
+            self._changes_from = started
+        except Exception as exc:  # the store is briefly unavailable: keep the last set
+            self.fault(Fault("accounts_unavailable", str(exc)[:120]))
+        self._accounts_read_at = now
         return self._accounts if self._accounts_known else None
 
     async def _start(self, http: RawHttp) -> int:

@@ -99,7 +99,11 @@ class Store(Protocol):
         """Delete the endpoint's streams (only ``account_id``'s when given); returns how many."""
 
     async def accounts(self) -> list[str]:
-        """Every account that has at least one stream."""
+        """Every account that has at least one stream, once each, in no particular order."""
+
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        """Accounts whose streams were created or refreshed at ``since`` or later (wall time): what a
+        watcher holding the whole set needs to stay current, at a cost that grows with the changes."""
 
     async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
         """Mute or unmute a type for a stream; False when no such stream exists."""

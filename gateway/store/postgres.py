@@ -103,6 +103,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX used_nonces_expiry ON used_nonces (expires_at);
         """,
     ),
+    (
+        # The neardata watcher keeps the set of subscribed accounts current from what changed.
+        "0003_streams_by_update",
+        "CREATE INDEX streams_by_update ON streams (updated_at);",
+    ),
 ]
 
 
@@ -235,6 +240,10 @@ class PostgresStore:
 
     async def accounts(self) -> list[str]:
         rows = await self.pool.fetch("SELECT DISTINCT account_id FROM streams ORDER BY 1")
+        return [r[0] for r in rows]
+
+    async def accounts_updated_since(self, since: float) -> list[str]:
+        rows = await self.pool.fetch("SELECT DISTINCT account_id FROM streams WHERE updated_at >= $1", since)
         return [r[0] for r in rows]
 
     async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
