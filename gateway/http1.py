@@ -1,10 +1,14 @@
 """A small HTTP/1.1 client for the dispatcher's one job: POST a small body, read a small answer.
 
 Per request it costs a fraction of a general client (bench/README.md): requests are written as one
-pre-rendered buffer on a kept-alive connection, and answers are parsed just enough (status,
-headers, a Content-Length, chunked or close-delimited body). Connections are pooled per origin,
-with a cap on how many are open; TLS uses the default verified context. Redirects are never followed.
-Deadlines are checked by one periodic sweep rather than a timer per request.
+pre-rendered buffer on a kept-alive connection. Answers are read by llhttp (httptools, the parser
+uvicorn uses), never by hand: whatever a push service sends, an exchange ends with an answer or an
+HttpError, and a connection goes back to the pool only after a complete, well-framed final answer.
+1xx answers are skipped; heads and bodies are bounded while they are read; bytes beyond an answer,
+or on an idle connection, close that connection; idle connections expire after ``keep_alive``
+seconds. Connections are pooled per origin, with a cap on how many are open; TLS uses the default
+verified context. Redirects are never followed. Deadlines are checked by one periodic sweep rather
+than a timer per request.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from collections import deque
 from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; anything larger ends the connection
+import httptools
+
+MAX_HEAD_BYTES = 64 * 1024  # all heads of one exchange together (1xx answers included)
+MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; the rest of a larger one is not read
 IDLE_PER_ORIGIN = 256
 ROUTES_KEPT = 65536  # parsed endpoint URLs remembered
 SWEEP_INTERVAL = 0.05  # least seconds between two sweeps of in-flight requests for missed deadlines
+KEEP_ALIVE = 15.0  # seconds an idle connection is reused: below the usual server idle timeouts (30-75 s)
 
 
 class HttpError(Exception):
@@ -33,53 +40,127 @@ class Answer(NamedTuple):
 
 
 class _Connection(asyncio.Protocol):
+    """One kept-alive connection; llhttp's callbacks (``on_*``) build the answer of the exchange."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._buffer = bytearray()
+        self.keep_alive = False  # true only after a complete, well-framed final answer
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[Answer] | None = None
-        self._head: tuple[int, dict[str, str], bool] | None = None  # status, headers, keep_alive
-        self.keep_alive = True
+        self._parser: httptools.HttpResponseParser | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+        self._head_bytes = 0
+        self.answered_any = False  # a byte of an answer came (a request then is never sent again)
+        self._in_head = True  # the final answer's head is not complete yet
+        self._done = False  # the final answer is complete
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._waiter is not None and not self._waiter.done():
-            try:
-                answer = self._parse(final=False)
-            except HttpError as exc:
-                self._waiter.set_exception(exc)
-                return
-            if answer is not None:
-                self._waiter.set_result(answer)
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._parser is None:
+            self.close()  # bytes on an idle connection, or beyond the answer: it cannot be trusted
+            return
+        self.answered_any = True
+        try:
+            while data and self._in_head:  # feed a head no further than its bound
+                allow = MAX_HEAD_BYTES - self._head_bytes
+                if allow <= 0:
+                    raise HttpError("answer head too large")
+                piece, data = data[:allow], data[allow:]
+                self._head_bytes += len(piece)
+                self._parser.feed_data(piece)
+            if data and not waiter.done():
+                self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(HttpError("the push service switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"malformed answer: {exc}"))
+        except HttpError as exc:
+            self._fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.keep_alive = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if not self._in_head and self._delimited_by_close():
+            self._finish()  # no length, not chunked: the body ends with the connection
+        else:
+            waiter.set_exception(HttpError(f"connection closed: {exc or 'by the server'}"))
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        if self._done:  # a second answer to one request: never pool this connection
+            self.keep_alive = False
+            raise HttpError("bytes beyond the answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # informational (RFC 9110 §15.2): the final answer is still to come
+            self._headers = {}
+            return
+        self._status, self._in_head = status, False
+
+    def on_body(self, body: bytes) -> None:
+        if self._in_head or self._done:
+            return
+        self._body += body
+        if len(self._body) > MAX_BODY_BYTES:  # enough to classify it: answer now, read no more
+            del self._body[MAX_BODY_BYTES:]
+            self._finish(keep_alive=False)
+            self.close()
+
+    def on_message_complete(self) -> None:
+        if self._in_head or self._done:  # an informational answer ended (or one beyond the answer)
+            return
+        assert self._parser is not None
+        self._finish(keep_alive=self._parser.should_keep_alive())
+
+    def _finish(self, keep_alive: bool = False) -> None:
+        self._done = True
+        self.keep_alive = keep_alive and not self.closed
         if self._waiter is not None and not self._waiter.done():
-            try:
-                answer = self._parse(final=True)
-            except HttpError as err:
-                self._waiter.set_exception(err)
-                return
-            if answer is None:
-                self._waiter.set_exception(HttpError(f"connection closed: {exc or 'by the server'}"))
-            else:
-                self._waiter.set_result(answer)
+            self._waiter.set_result(Answer(self._status, self._headers, bytes(self._body)))
+
+    def _fail(self, exc: Exception) -> None:
+        self.keep_alive = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+        self.close()
+
+    def _delimited_by_close(self) -> bool:
+        return "content-length" not in self._headers and "chunked" not in self._headers.get(
+            "transfer-encoding", ""
+        ).lower()
 
     # one exchange
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
-        self._buffer.clear()
-        self._head = None
+        self._reset()
+        self.keep_alive = False
+        self._parser = httptools.HttpResponseParser(self)
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self._waiter
 
     def close(self) -> None:
         self.closed = True
+        self.keep_alive = False
         if self.transport is not None:
             self.transport.close()
 
@@ -88,67 +169,6 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(TimeoutError("no answer before the deadline"))
         self.close()
-
-    def _parse(self, *, final: bool) -> Answer | None:
-        if self._head is None:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise HttpError("answer head too large")
-                return None
-            lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
-            del self._buffer[: end + 4]
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise HttpError(f"malformed status line {lines[0][:60]!r}")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-            self._head = (int(parts[1]), headers, keep)
-        status, headers, keep = self._head
-        if status in (204, 304) or 100 <= status < 200:
-            body: bytes | None = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._chunked()
-        elif "content-length" in headers:
-            length = int(headers["content-length"])
-            if length > MAX_BODY_BYTES:
-                keep = False
-            body = bytes(self._buffer[:length]) if len(self._buffer) >= length else None
-            if body is None and final:
-                raise HttpError("connection closed inside the answer body")
-        else:  # delimited by the connection closing
-            keep = False
-            body = bytes(self._buffer) if final else None
-        if body is None:
-            return None
-        self.keep_alive = keep
-        return Answer(status, headers, body[:MAX_BODY_BYTES])
-
-    def _chunked(self) -> bytes | None:
-        out, pos = bytearray(), 0
-        while True:
-            eol = self._buffer.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            try:
-                size = int(bytes(self._buffer[pos:eol]).split(b";")[0], 16)
-            except ValueError as exc:
-                raise HttpError("malformed chunk size") from exc
-            if size == 0:
-                end = self._buffer.find(b"\r\n\r\n", eol)
-                if end < 0 and self._buffer[eol : eol + 4] != b"\r\n\r\n":
-                    return None
-                return bytes(out)
-            if len(self._buffer) < eol + 2 + size + 2:
-                return None
-            out += self._buffer[eol + 2 : eol + 2 + size]
-            pos = eol + 2 + size + 2
-            if len(out) > MAX_BODY_BYTES:
-                self.keep_alive = False
-                return bytes(out)
 
 
 class _Slots:
@@ -208,8 +228,11 @@ def render_headers(headers: dict[str, str]) -> bytes:
 
 
 class Http1Client:
-    def __init__(self, *, concurrency_per_origin: int, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, concurrency_per_origin: int, tls: ssl.SSLContext | None = None, keep_alive: float = KEEP_ALIVE
+    ) -> None:
         self._limit = concurrency_per_origin
+        self._keep_alive = keep_alive
         self._tls = tls or ssl.create_default_context()
         self._origins: dict[str, _Origin] = {}
         self._routes: dict[str, tuple[_Origin, bytes]] = {}  # url -> origin, rendered request line and Host
@@ -245,8 +268,12 @@ class Http1Client:
             origin.slots.release()
 
     async def _exchange(self, origin: _Origin, request: bytes, deadline: float) -> Answer:
+        loop = asyncio.get_running_loop()
         for attempt in range(2):
             conn = None
+            expired = loop.time() - self._keep_alive
+            while origin.idle and origin.idle[0].idle_since < expired:  # oldest first: never read from again
+                origin.idle.popleft().close()
             while origin.idle and conn is None:
                 candidate = origin.idle.pop()
                 conn = None if candidate.closed else candidate
@@ -259,7 +286,7 @@ class Http1Client:
                 answer = await conn.send(request)
             except HttpError:
                 conn.close()
-                if reused and attempt == 0:  # the server closed an idle connection: once more, fresh
+                if reused and attempt == 0 and not conn.answered_any:  # closed while idle: once more, fresh
                     continue
                 raise
             except BaseException:
@@ -268,6 +295,7 @@ class Http1Client:
             finally:
                 self._deadlines.pop(conn, None)
             if conn.keep_alive and not conn.closed and len(origin.idle) < IDLE_PER_ORIGIN:
+                conn.idle_since = loop.time()
                 origin.idle.append(conn)
             else:
                 conn.close()
