@@ -101,6 +101,9 @@ class PushSettings(_Section):
     # about concurrency ÷ round-trip time: 512 in flight at 40 ms allows ~12k pushes/s (bench/README.md).
     concurrency: int = Field(512, ge=1)  # all push services together
     concurrency_per_origin: int = Field(256, ge=1)  # to one push service
+    # Seconds an idle connection to a push service is reused; below the usual server idle timeouts
+    # (30-75 s), so a connection the far end has dropped is not written to.
+    keep_alive: float = Field(15.0, gt=0)
     retry_initial_delay: float = Field(5.0, gt=0)  # seconds before the first retry
     retry_max_delay: float = Field(900.0, gt=0)  # backoff cap, seconds
     give_up_after: float = Field(86400.0, gt=0)  # a delivery still failing this long after the event is dead

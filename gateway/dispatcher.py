@@ -17,7 +17,7 @@ import anyio
 
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
-from gateway.endpoints import origin_of, push_host, redact
+from gateway.endpoints import InvalidEndpoint, canonical_endpoint, origin_of, push_host, redact
 from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
@@ -160,13 +160,22 @@ class Dispatcher:
 
     async def _deliver(self, claim: Claim) -> None:
         try:
-            stream = claim.stream
             started = time.perf_counter()
+            answer: PushAnswer | None = None
+            stream = claim.stream
             try:
-                plaintext = self._payload(claim)
-                answer = await self._sender.send(
-                    stream.endpoint, stream.p256dh, stream.auth, plaintext, urgency_for(claim.row)
-                )
+                # Rows stored before endpoints were canonical are read in the canonical form too: one
+                # pool, one VAPID aud and one metrics label per push service, whatever the spelling.
+                stream = stream._replace(endpoint=canonical_endpoint(stream.endpoint))
+                claim, host = claim._replace(stream=stream), push_host(stream.endpoint)
+            except InvalidEndpoint as exc:  # never sent: dead-lettered with the reason
+                answer, host = PushAnswer(Verdict.FAILED, None, None, f"invalid endpoint: {exc}"), "invalid"
+            try:
+                if answer is None:
+                    plaintext = self._payload(claim)
+                    answer = await self._sender.send(
+                        stream.endpoint, stream.p256dh, stream.auth, plaintext, urgency_for(claim.row)
+                    )
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
                 answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")
@@ -176,7 +185,7 @@ class Dispatcher:
             if self._metrics is not None:
                 self._metrics.pushed(
                     outcome.status,
-                    push_host(stream.endpoint),
+                    host,
                     time.perf_counter() - started,
                     now - claim.event_created_at,
                 )

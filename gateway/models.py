@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from gateway.endpoints import InvalidEndpoint, canonical_endpoint
+
 ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
 # The notification row of the NEAR notifications server (near-protocols.md §3), in its order.
 NEAR_ROW_FIELDS = (
@@ -121,8 +123,17 @@ P256dh = Annotated[str, AfterValidator(_p256dh)]
 AuthSecret = Annotated[str, AfterValidator(_auth)]
 GatewayUrl = Annotated[str, AfterValidator(_gateway)]
 ValueType = Annotated[str, AfterValidator(_value_type)]
-# The endpoint's allow-list check needs the operator's settings, so the API does it.
-Endpoint = Annotated[str, Field(min_length=1, max_length=2048)]
+def _endpoint(value: str) -> str:
+    try:
+        return canonical_endpoint(value)
+    except InvalidEndpoint as exc:
+        why = {"why": str(exc)}
+        raise PydanticCustomError("invalid_endpoint", "endpoint is not a plain http(s) URL: {why}", why) from exc
+
+
+# Put in its one canonical spelling here, at the boundary. The allow-list check needs the operator's
+# settings, so the API does that.
+Endpoint = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_endpoint)]
 
 
 class _Body(BaseModel):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.endpoints import InvalidEndpoint, canonical_endpoint
+
 NEP413_TAG = 2**31 + 413
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
@@ -139,11 +141,16 @@ def verify_subscription(
         signed_value = claims.get(name)
         if name == "gateway" and isinstance(signed_value, str):
             signed_value = signed_value.rstrip("/")
+        if name == "endpoint" and isinstance(signed_value, str):  # the request's is canonical already
+            try:
+                signed_value = canonical_endpoint(signed_value)
+            except InvalidEndpoint:
+                signed_value = None
         if signed_value != value:
             raise SignatureError("signature_mismatch", f"the signed message's {name} does not match the request")
     timestamp = claims.get("timestamp")
-    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
-        raise SignatureError("invalid_signature", "signed.message needs a numeric timestamp (milliseconds)")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):  # NaN would never expire
+        raise SignatureError("invalid_signature", "signed.message needs an integer timestamp (milliseconds)")
     seconds = float(timestamp) / 1000
     if abs(now - seconds) > max_age:
         raise SignatureError(

@@ -73,6 +73,7 @@ def push_client(signer: VapidSigner, push: PushSettings) -> PushClient:
         urgency=push.urgency,
         timeout=push.request_timeout,
         concurrency_per_origin=push.concurrency_per_origin,
+        keep_alive=push.keep_alive,
     )
 
 

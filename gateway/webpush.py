@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.backoff import parse_retry_after
 from gateway.endpoints import origin_of
 from gateway.exceptions import VapidKeyError
-from gateway.http1 import Http1Client, HttpError, render_headers
+from gateway.http1 import KEEP_ALIVE, Http1Client, HttpError, render_headers
 from gateway.models import b64url_decode, b64url_encode
 
 JWT_LIFETIME = 12 * 3600  # seconds; RFC 8292 allows at most 24 h
@@ -206,13 +206,14 @@ class PushClient:
         urgency: str,
         timeout: float,
         concurrency_per_origin: int,
+        keep_alive: float = KEEP_ALIVE,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._signer = signer
         self._ttl = str(ttl)
         self._urgency = urgency
         self._timeout = timeout
-        self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls)
+        self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls, keep_alive=keep_alive)
         self._rendered: dict[tuple[str, str], tuple[str, bytes]] = {}
 
     async def __aenter__(self) -> PushClient:

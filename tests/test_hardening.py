@@ -277,6 +277,8 @@ def test_signed_subscription_is_accepted_once_and_its_key_is_asked_once(
         ("key_not_on_account", "key_not_owned"),
         ("unknown_account", "key_not_owned"),
         ("function_call_key", "key_not_owned"),
+        ("nan_timestamp", "invalid_signature"),  # NaN is never "too old": it would never expire (r13)
+        ("float_timestamp", "invalid_signature"),
     ],
 )
 def test_bad_signed_subscriptions_are_refused_and_store_nothing(
@@ -320,6 +322,9 @@ def test_bad_signed_subscriptions_are_refused_and_store_nothing(
         signed = wallet.sign(subscribe_message("nobody.near", "https://near.social", sub.endpoint))
     elif case == "function_call_key":
         rpc.add_key("alice.near", wallet.public_key, {"FunctionCall": {"receiver_id": "social.near"}})
+    elif case in ("nan_timestamp", "float_timestamp"):
+        stamp = "NaN" if case == "nan_timestamp" else f"{time.time() * 1000 + 0.5}"
+        signed = wallet.sign(message.rsplit('"timestamp": ', 1)[0] + f'"timestamp": {stamp}}}')
     if signed is not None:
         body["signed"] = signed
     r = gw.post("/subscriptions/create", body)
