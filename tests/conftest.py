@@ -74,7 +74,7 @@ class RunningGateway:
 @pytest.fixture
 def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., Settings]:
     def make(config_file: Path | None = None, **sections: Any) -> Settings:
-        base: dict[str, dict[str, Any]] = {
+        base: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": 0},
             "storage": {"url": f"sqlite:///{tmp_path / 'gateway.db'}"},
             "vapid": {"private_key_file": str(tmp_path / "vapid_private.pem"), "subject": "mailto:ops@gateway.test"},
@@ -86,8 +86,9 @@ def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., S
                 "claim_lease": 5.0,
             },
             "ingest": {"token": INGEST_TOKEN},
-            "watchers": [],  # not the embedded default: tests never reach mainnet
         }
+        if config_file is None or "[[watchers]]" not in config_file.read_text():
+            base["watchers"] = []  # not the embedded default: tests never reach mainnet
         for name, values in sections.items():
             if isinstance(values, dict):
                 base.setdefault(name, {}).update(values)
