@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint
@@ -63,8 +63,45 @@ def _refuse_constant(name: str) -> Any:
 
 def loads_json(text: str | bytes) -> Any:
     """Standard JSON only. Python's parser takes NaN and Infinity; the browser's JSON.parse, which
-    reads the pushed row, does not."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    reads the pushed row, does not. Nesting too deep for the parser is a ValueError too."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+# What a row may hold: the service worker's JSON.parse reads numbers as doubles (exact to 2^53), the
+# store keeps integers in 64 bits, and a push holds 4 KiB in all.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_ROW_DEPTH = 16
+MAX_ROW_STRING = 4096
+
+
+def row_problem(value: Any) -> tuple[str, str] | None:
+    """(code, message) for the first thing in a row no browser or store can hold; None when all fit.
+    Iterative: a deeply nested value must not exhaust the stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_ROW_DEPTH:
+            return "invalid_depth", f"rows may nest at most {MAX_ROW_DEPTH} levels"
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int):
+            if abs(item) > MAX_SAFE_INTEGER:
+                return "invalid_number", "integers must be within ±(2^53 − 1), what JSON.parse reads exactly"
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return "invalid_number", "numbers must be finite"
+        elif isinstance(item, str):
+            if len(item) > MAX_ROW_STRING:
+                return "invalid_length", f"strings in a row may be at most {MAX_ROW_STRING} characters"
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+            stack.extend((k, depth + 1) for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 def b64url_encode(data: bytes) -> str:
@@ -190,9 +227,18 @@ class SetPreferenceRequest(_Body):
 
 
 class NotificationRow(BaseModel):
-    """A notification in the QueryAPI row shape (near-protocols.md §3); extra fields are kept."""
+    """A notification in the QueryAPI row shape (near-protocols.md §3); extra fields are kept, within
+    what a browser and the store can hold (``row_problem``)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fits(cls, data: Any) -> Any:
+        problem = row_problem(data)
+        if problem is not None:
+            raise PydanticCustomError(problem[0], problem[1])
+        return data
 
     id: int | Annotated[str, Field(min_length=1, max_length=256)]
     receiver: AccountId

@@ -21,6 +21,9 @@ COMPACT_PLAINTEXT_BYTES = 1024
 MAX_BODY_CHARS = 240
 COMPACT_BODY_CHARS = 120
 MAX_TAG_CHARS = 128
+# The last resort for a row of long texts: every text cut to this many characters, then halved.
+FIELD_CHARS = 64
+KEPT_WHOLE = frozenset({"id", "receiver", "valueType"})  # what old service workers key on; bounded by validation
 
 
 # value type -> (title, body with {who})
@@ -195,4 +198,9 @@ def build_payload(
         near["message"] = None
         near["path"] = None
         encoded = _encode({**added, **near})
+    chars = FIELD_CHARS
+    while len(encoded) > limit and chars > 1:  # whatever a source sent, every text gets shorter until it fits
+        fields = {**added, **near}.items()
+        encoded = _encode({k: v[:chars] if isinstance(v, str) and k not in KEPT_WHOLE else v for k, v in fields})
+        chars //= 2
     return encoded

@@ -234,3 +234,26 @@ def test_vapid_public_key_health_and_openapi(gateway: RunningGateway, fake_push:
 def test_unknown_route_is_a_json_404(gateway: RunningGateway) -> None:
     r = gateway.http.post("/subscriptions/nope", json={})
     assert r.status_code in (404, 405) and r.json()["code"] in ("not_found", "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (json.dumps(row(7, blockHeight=2**63)).encode(), "invalid_number"),  # past the store's 64 bits
+        (json.dumps(row(7, blockHeight=2**53)).encode(), "invalid_number"),  # past what JSON.parse reads exactly
+        (json.dumps(row(7, extra=-(2**60))).encode(), "invalid_number"),
+        (json.dumps(row(7)).encode()[:-1] + b', "x": 1e400}', "invalid_number"),  # parses to infinity
+        (json.dumps(row(7, nested=json.loads("[" * 20 + "]" * 20))).encode(), "invalid_depth"),
+        (json.dumps(row(7, message="m" * 5000)).encode(), "invalid_length"),
+        (b"[" * 100_000, "malformed_json"),  # too deep for the parser itself: not a 500
+    ],
+    ids=["2^63", "2^53", "-2^60", "1e400", "depth 20", "5000 chars", "100k ["],
+)
+def test_events_a_browser_or_the_store_cannot_hold_get_a_400_and_store_nothing(
+    gateway: RunningGateway, body: bytes, code: str
+) -> None:
+    headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+    r = gateway.http.post("/events", content=body, headers=headers)
+    assert r.status_code == 400 and r.json()["code"] == code, r.text
+    assert gateway.query("SELECT count(*) FROM events")[0][0] == 0
+    assert gateway.ingest(row(8, blockHeight=2**53 - 1)).status_code == 202  # the largest exact one is fine

@@ -140,6 +140,16 @@ def test_payload_stays_under_the_aes128gcm_limit() -> None:
     assert json.loads(build_payload(small))["extra_field"] == "kept"
 
 
+def test_every_field_is_bounded_so_no_row_can_overflow_the_record() -> None:
+    wide = "\U0001f600" * 4096  # 4 bytes each in UTF-8: the longest a row's string may be (MAX_ROW_STRING)
+    fields = ("initiatedBy", "itemType", "message", "path", "devhubPostId")
+    pathological = {**row(1, "b" * 64, "v" * 128, **dict.fromkeys(fields, wide)), "id": "x" * 256}
+    for compact, limit in ((False, MAX_PLAINTEXT_BYTES), (True, 1024)):
+        payload = build_payload(pathological, compact=compact)
+        assert len(payload) <= limit, (compact, len(payload))
+        assert json.loads(payload)["receiver"] == "b" * 64
+
+
 def test_vapid_header_is_cached_per_origin_and_renewed_before_exp() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -416,3 +416,27 @@ def test_actions_stream_survives_garbage(start_gateway: Any, fake_push: FakePush
         assert state["reconnects"] == 0 and state["connected"]
     finally:
         server.close()
+
+
+def test_a_poison_row_is_a_counted_fault_and_the_good_rows_after_it_are_delivered(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    from tests.conftest import row
+
+    rows = [
+        row(1, blockHeight=130000001),
+        row(2, receiver="nobody.near", blockHeight=2**63),  # no store can hold it: it once wedged the watcher
+        row(3, blockHeight=130000002, message="m" * 5000),
+        *(row(n, blockHeight=130000000 + n) for n in range(4, 9)),
+    ]
+    graphql = GraphQLWsServer(rows)
+    try:
+        gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        fake_push.wait_count(bob, 6)
+        assert sorted(pushed_ids(fake_push, bob)) == [1, 4, 5, 6, 7, 8]
+        state = gw.http.get("/healthz").json()["watchers"]["queryapi"]
+        assert state["faults"]["bad_row"] == 2 and state["cursor"] == "130000008"
+        assert len(graphql.sessions) == 1  # never a reconnect over it
+    finally:
+        graphql.close()
