@@ -25,6 +25,7 @@ from gateway.exceptions import (
     StreamCapReached,
     Unauthorized,
 )
+from gateway.health import CachedCounts
 from gateway.links import gateway_origin
 from gateway.matcher import policy_from
 from gateway.metrics import Metrics
@@ -56,8 +57,10 @@ class ApiContext:
     metrics: Metrics = field(default_factory=Metrics)
     sender: Sender | None = None  # the push client, in processes that send (admin send-test)
     access_keys: AccessKeys = field(init=False)
+    counts: CachedCounts = field(init=False)  # what /healthz and /metrics show of the store
 
     def __post_init__(self) -> None:
+        self.counts = CachedCounts(lambda: self.store.health_counts())
         security = self.settings.security
         self.access_keys = AccessKeys(
             security.near_rpc_url, timeout=security.rpc_timeout, cache_seconds=security.rpc_cache_seconds
@@ -197,6 +200,7 @@ async def create_subscription(body: CreateStreamRequest, request: Request, key: 
     except StreamCapReached as exc:
         what = "streams for this account" if exc.scope == "account" else "accounts on this endpoint"
         raise Forbidden("too_many_streams", f"at most {exc.cap} {what}; delete one first") from exc
+    ctx.counts.invalidate()
     return Response(status_code=201)
 
 
@@ -208,6 +212,7 @@ async def delete_subscription(body: DeleteStreamRequest, request: Request, key: 
     deleted = await ctx.store.delete_streams(body.endpoint, body.accountId)
     if not deleted:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint (and accountId)")
+    ctx.counts.invalidate()
     return Response(status_code=204)
 
 
@@ -233,7 +238,7 @@ async def healthz(request: Request) -> JSONResponse:
     """200 when the store answers, with stream and outbox counts and each watcher's state; 503 otherwise."""
     ctx = _ctx(request)
     try:
-        counts = await ctx.store.counts()
+        counts = await ctx.counts.get()
     except Exception:  # any store failure is "unhealthy", never a 500
         return JSONResponse({"status": "unavailable"}, status_code=503)
     return JSONResponse({"status": "ok", **counts, "watchers": ctx.watcher_states()})
@@ -243,7 +248,7 @@ async def healthz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text exposition: deliveries, latencies, outbox depth, streams, watchers."""
     ctx = _ctx(request)
-    body = await ctx.metrics.render(ctx.store.counts, ctx.watcher_states)
+    body = await ctx.metrics.render(ctx.counts.get, ctx.watcher_states)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 

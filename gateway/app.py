@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__, admin
 from gateway.api import ApiContext, describe_validation_error, router
-from gateway.config import LimitsSettings, Settings
+from gateway.config import GatewaySettings, LimitsSettings, Settings
 from gateway.dispatcher import Sender
 from gateway.exceptions import ApiError
+from gateway.links import gateway_origin
 from gateway.metrics import Metrics
-from gateway.ratelimit import RateLimiter, retry_after_header
+from gateway.ratelimit import RateLimiter, client_bucket, keyed_frontend, retry_after_header
 from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,20 @@ UNLIMITED_PATHS = frozenset({"/events", "/healthz", "/metrics"})  # token-protec
 
 
 class RateLimit:
-    """429 with Retry-After when a client IP, or a frontend origin, exceeds its token bucket."""
+    """429 with Retry-After when a client IP (an IPv6 client by its /64), or a keyed frontend, exceeds
+    its token bucket.
+
+    A frontend's own budget is spent only by requests carrying its ``X-Gateway-Key``: the ``Origin``
+    header is set at will by any non-browser client, so a bucket keyed by it would let strangers
+    spend a real frontend's budget and lock its users out. Requests without a valid key are limited
+    per client address only, so nobody is refused for other addresses' traffic.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         limits: LimitsSettings,
+        gateways: Iterable[GatewaySettings] = (),
         on_refused: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -119,6 +128,7 @@ class RateLimit:
         self.on_refused = on_refused
         self.per_ip = RateLimiter(limits.per_ip_rate, limits.per_ip_burst, limits.tracked_clients)
         self.per_origin = RateLimiter(limits.per_origin_rate, limits.per_origin_burst, limits.tracked_clients)
+        self.frontends = [(gateway_origin(g.origin), g.key) for g in gateways if g.key]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in UNLIMITED_PATHS:
@@ -126,11 +136,12 @@ class RateLimit:
             return
         now = self.clock()
         client = scope.get("client")
-        wait = self.per_ip.take(client[0] if client else "unknown", now)
-        if not wait:
-            origin = next((v for k, v in scope.get("headers", []) if k == b"origin"), None)
-            if origin is not None:
-                wait = self.per_origin.take(origin.decode("latin-1")[:256], now)
+        wait = self.per_ip.take(client_bucket(client[0]) if client else "unknown", now)
+        if not wait and self.frontends:
+            given = next((v for k, v in scope.get("headers", []) if k == b"x-gateway-key"), None)
+            frontend = keyed_frontend(given.decode("latin-1") if given is not None else None, self.frontends)
+            if frontend is not None:
+                wait = self.per_origin.take(frontend, now)
         if wait:
             self.on_refused()
             limited = error_response(
@@ -246,7 +257,8 @@ def create_app(
 
     app.add_middleware(BodyLimit, limit_for=limit_for, read_timeout=settings.limits.request_read_timeout)
     refused = app.state.ctx.metrics.api_requests.labels("rate_limited").inc
-    app.add_middleware(RateLimit, limits=settings.limits, on_refused=refused)  # before the body is read
+    # Before the body is read; a [[gateways]] key selects the frontend's own bucket.
+    app.add_middleware(RateLimit, limits=settings.limits, gateways=settings.gateways, on_refused=refused)
     # Browsers call the NEAR routes from the gateway frontends' origins.
     app.add_middleware(
         CORSMiddleware,

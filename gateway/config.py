@@ -39,12 +39,13 @@ class ServerSettings(_Section):
 class LimitsSettings(_Section):
     """Abuse limits on the public API (every route but POST /events, which has its token, and /healthz)."""
 
-    per_ip_rate: float = Field(2.0, ge=0)  # requests per second per client IP (token bucket); 0 = no limit
+    per_ip_rate: float = Field(2.0, ge=0)  # requests per second per client IP (IPv6: per /64); 0 = no limit
     per_ip_burst: int = Field(30, ge=1)  # requests a client IP may make at once before the rate applies
-    per_origin_rate: float = Field(100.0, ge=0)  # requests per second per frontend (the Origin header); 0 = off
+    per_origin_rate: float = Field(100.0, ge=0)  # requests/s per keyed frontend (its X-Gateway-Key); 0 = off
     per_origin_burst: int = Field(1000, ge=1)
     tracked_clients: int = Field(100_000, ge=100)  # buckets kept in memory; the least recently used go first
-    max_streams_per_account: int = Field(50, ge=0)  # streams (browsers) one account may have; 0 = no cap
+    # streams (browsers) one account may have; at the cap the least recently refreshed gives way; 0 = no cap
+    max_streams_per_account: int = Field(50, ge=0)
     max_accounts_per_endpoint: int = Field(20, ge=0)  # accounts one browser subscription may carry; 0 = no cap
     request_read_timeout: float = Field(10.0, gt=0)  # seconds a client may take to send a request head, and a body
     keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle HTTP connection stays open

@@ -207,7 +207,8 @@ class _Origin:
     def __init__(self, scheme: str, host: str, port: int, limit: int, tls: ssl.SSLContext | None) -> None:
         self.host, self.port = host, port
         self.tls = tls if scheme == "https" else None
-        self.host_header = host if port in (80, 443) else f"{host}:{port}"
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 9110 §7.2)
+        self.host_header = shown if port == (443 if scheme == "https" else 80) else f"{shown}:{port}"
         self.slots = _Slots(limit)
         self.idle: deque[_Connection] = deque()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 
 
 class RateLimiter:
@@ -41,6 +44,33 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def client_bucket(address: str) -> str:
+    """The per-IP bucket of a client address: an IPv4 address itself (also when IPv4-mapped,
+    ``::ffff:1.2.3.4``), the /64 of an IPv6 address (one host owns a whole /64, so keying by the
+    full address would let it rotate through 2**64 buckets); an address that does not parse, as is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))  # drops any %scope too
+    return str(ip)
+
+
+def keyed_frontend(given: str | None, frontends: Iterable[tuple[str, str]]) -> str | None:
+    """The frontend (``origin``) whose key ``given`` is, among ``(origin, key)`` pairs; None when
+    no key was given or it is nobody's. Every key is compared, each in constant time."""
+    if given is None:
+        return None
+    found = None
+    for origin, key in frontends:
+        if key and hmac.compare_digest(given.encode(), key.encode()) and found is None:
+            found = origin
+    return found
 
 
 def retry_after_header(wait: float) -> str:

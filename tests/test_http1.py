@@ -219,3 +219,16 @@ async def test_tls_is_verified() -> None:
     await trusting.aclose()
     await default.aclose()
     await stop(server, stats)
+
+
+async def test_the_host_header_of_an_ipv6_endpoint_keeps_its_brackets() -> None:
+    from gateway.http1 import _Origin
+
+    assert _Origin("https", "::1", 8443, 1, None).host_header == "[::1]:8443"
+    assert _Origin("https", "2001:db8::1", 443, 1, None).host_header == "[2001:db8::1]"
+    assert _Origin("http", "127.0.0.1", 80, 1, None).host_header == "127.0.0.1"
+    assert _Origin("http", "127.0.0.1", 443, 1, None).host_header == "127.0.0.1:443"  # not http's default
+    client = Http1Client(concurrency_per_origin=1)
+    _, start = client._route("http://[::1]:8080/p")
+    assert start.startswith(b"POST /p HTTP/1.1\r\nHost: [::1]:8080\r\n")
+    await client.aclose()

@@ -1,8 +1,9 @@
 // NEAR push notifications in the browser: subscribe a NEAR account to a push gateway.
 //
 // Reusable as an ES module by any frontend:
-//   import { subscribe, unsubscribe, setMuted, status } from "https://<gateway>/main.js";
+//   import { subscribe, unsubscribe, setMuted, status, renew } from "https://<gateway>/main.js";
 //   await subscribe("bob.near", { serviceWorker: "/sw.js" });   // call from a click handler
+//   renew({ serviceWorker: "/sw.js" });                         // call on every page load
 // The service worker must be served by the frontend's own origin (copy the gateway's /sw.js).
 // When this file is the gateway's own page (index.html), it also wires the page's controls.
 
@@ -123,6 +124,44 @@ export async function setMuted(accountId, type, muted, { serviceWorker = `${GATE
   await writeState(state);
 }
 
+/**
+ * Register this browser's streams again, quietly (call it on every page load; the gateway's own page
+ * does). Anyone may register streams for any account, and at `max_streams_per_account` the gateway
+ * drops the account's least recently refreshed ones: renewing keeps this browser the most recent, and
+ * brings its streams (and mutes) back if junk ones pushed them out. Never asks anything, never throws;
+ * resolves to the accounts renewed. Unsigned: a gateway requiring signed subscriptions refuses it.
+ */
+export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  try {
+    if (!supported() || Notification.permission !== "granted") return [];
+    const reg = await registration(serviceWorker);
+    const sub = await reg.pushManager.getSubscription();
+    const state = await readState();
+    if (!sub || !state.streams.length) return [];
+    const server = state.server || GATEWAY_URL;
+    const subscription = sub.toJSON();
+    const renewed = [];
+    for (const { accountId, gateway } of state.streams) {
+      try {
+        await post(server, "/subscriptions/create", { accountId, gateway, subscription }, state.gatewayKey);
+        renewed.push(accountId);
+      } catch (_) {
+        /* quiet: the next page load tries again */
+      }
+    }
+    // A stream pushed out lost its mutes with it: set them again (the gateway keeps them per stream).
+    for (const [key, muted] of Object.entries(state.muted || {})) {
+      const [accountId, ...type] = key.split("/");
+      if (!muted || !renewed.includes(accountId)) continue;
+      await post(server, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type.join("/"), block: true },
+        state.gatewayKey).catch(() => {});
+    }
+    return renewed;
+  } catch (_) {
+    return [];
+  }
+}
+
 // --- the gateway's own page ------------------------------------------------------------
 
 const MESSAGES = {
@@ -188,6 +227,7 @@ function wirePage() {
     }
   });
   refresh().catch((err) => show("error", err.message));
+  renew().then((accounts) => { document.body.dataset.renewed = accounts.join(","); });
 }
 
 if (typeof document !== "undefined" && document.getElementById("subscribe-form")) wirePage();

@@ -88,8 +88,18 @@ class Store(Protocol):
     ) -> bool:
         """Create or refresh a stream; True when it was new.
 
-        A new stream beyond ``max_per_account`` streams of the account, or ``max_per_endpoint``
-        accounts on the endpoint, raises ``StreamCapReached`` (0 = no cap). Refreshing never does.
+        Refreshing (the account already has a stream on this endpoint) updates its keys, gateway and
+        ``updated_at``, and is never capped. Caps (0 = none) apply to new streams only:
+
+        - ``max_per_account`` gives way: when the account already has that many streams, its least
+          recently refreshed ones are deleted (their pending deliveries cancelled, as ``delete_streams``
+          does) so that it keeps exactly ``max_per_account`` with the new one. Anyone may register a
+          stream for any account, so a hard cap would let junk streams lock the owner out; a browser
+          that refreshes its streams (the web client does on every page load) always comes back.
+        - ``max_per_endpoint`` (accounts on one endpoint, a capability only its browser holds) is hard:
+          ``StreamCapReached("endpoint", cap)``, and nothing is deleted.
+
+        Neither cap is overshot when creates race, in one process or many sharing the store.
         """
 
     async def use_nonce(self, nonce: str, expires_at: float) -> bool:
@@ -137,7 +147,11 @@ class Store(Protocol):
         """Deliveries that ended without being sent (dead, rejected), newest first."""
 
     async def counts(self) -> dict[str, int]:
-        """Streams, accounts and deliveries by status (health and metrics)."""
+        """Streams, accounts and deliveries by status (the admin overview; walks the whole history)."""
+
+    async def health_counts(self) -> dict[str, int]:
+        """Streams, accounts and pending deliveries: what /healthz and /metrics show, without walking
+        the finished history."""
 
     # --- operators (admin API and CLI) ---
     async def list_streams(

@@ -187,30 +187,50 @@ class PostgresStore:
         now = self._clock()
         ehash = endpoint_hash(endpoint)
         async with self.pool.acquire() as conn, conn.transaction():
-            updated = await conn.execute(
-                "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5 "
-                "WHERE endpoint_hash = $6 AND account_id = $7",
-                gateway,
-                p256dh,
-                auth,
-                endpoint,
-                now,
-                ehash,
-                account_id,
-            )
-            if updated != "UPDATE 0":
+
+            async def refreshed() -> bool:
+                updated = await conn.execute(
+                    "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5 "
+                    "WHERE endpoint_hash = $6 AND account_id = $7",
+                    gateway,
+                    p256dh,
+                    auth,
+                    endpoint,
+                    now,
+                    ehash,
+                    account_id,
+                )
+                return bool(updated != "UPDATE 0")
+
+            if await refreshed():  # refreshing is never capped, and takes no lock
                 return False
-            caps = (
-                ("account", "SELECT count(*) FROM streams WHERE account_id = $1", account_id, max_per_account),
-                ("endpoint", "SELECT count(*) FROM streams WHERE endpoint_hash = $1", ehash, max_per_endpoint),
-            )
-            for scope, count_sql, value, cap in caps:
-                if cap:
-                    # Serialise creates per account and per endpoint so concurrent ones cannot overshoot
-                    # (always account first, then endpoint: no lock cycle).
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{scope}:{value}")
-                    if await conn.fetchval(count_sql, value) >= cap:
-                        raise StreamCapReached(scope, cap)
+            # Serialise creates per account and per endpoint so concurrent ones cannot overshoot
+            # (always account first, then endpoint: no lock cycle).
+            locks = [f"account:{account_id}"] if max_per_account else []
+            if max_per_endpoint:
+                locks.append(f"endpoint:{ehash}")
+            for key in locks:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+            if locks and await refreshed():  # a create of this very stream committed while we waited
+                return False
+            if max_per_endpoint:  # a hard cap: only the endpoint's owner can fill it
+                accounts = await conn.fetchval("SELECT count(*) FROM streams WHERE endpoint_hash = $1", ehash)
+                if accounts >= max_per_endpoint:
+                    raise StreamCapReached("endpoint", max_per_endpoint)
+            if max_per_account:
+                # Anyone may register a stream for any account: at the cap, the account's least recently
+                # refreshed streams give way (a real browser refreshes its own on every page load), so
+                # junk streams can never lock the owner out. A refresh racing the eviction of that very
+                # stream may lose it; the browser's next refresh brings it back.
+                streams = await conn.fetchval("SELECT count(*) FROM streams WHERE account_id = $1", account_id)
+                if streams >= max_per_account:
+                    oldest = await conn.fetch(
+                        "SELECT endpoint_hash FROM streams WHERE account_id = $1 ORDER BY updated_at, id LIMIT $2",
+                        account_id,
+                        streams - max_per_account + 1,
+                    )
+                    for victim in oldest:
+                        await _delete_streams(conn, victim[0], account_id, now)
             inserted: bool = await conn.fetchval(
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, "
                 "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (endpoint_hash, account_id) "
@@ -539,6 +559,12 @@ class PostgresStore:
             for r in await conn.fetch("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
                 out[f"deliveries_{r[0]}"] = r[1]
         return {k: int(v) for k, v in out.items()}
+
+    async def health_counts(self) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            streams = await conn.fetchrow("SELECT COUNT(*), COUNT(DISTINCT account_id) FROM streams")
+            pending = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+        return {"streams": int(streams[0]), "accounts": int(streams[1]), "deliveries_pending": int(pending)}
 
     @asynccontextmanager
     async def leadership(self, name: str) -> AsyncIterator[_AdvisoryLease]:

@@ -8,6 +8,7 @@ consistent: each method is one transaction.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -211,7 +212,7 @@ class SqliteStore:
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(self.path))
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row
             db = sqlite_utils.Database(conn)
@@ -275,13 +276,22 @@ class SqliteStore:
             )
             if cur.rowcount:
                 return False
-            caps = (
-                ("account", "SELECT count(*) FROM streams WHERE account_id = ?", account_id, max_per_account),
-                ("endpoint", "SELECT count(*) FROM streams WHERE endpoint_hash = ?", ehash, max_per_endpoint),
-            )
-            for scope, count_sql, value, cap in caps:
-                if cap and c.execute(count_sql, (value,)).fetchone()[0] >= cap:
-                    raise StreamCapReached(scope, cap)
+            if max_per_endpoint:  # a hard cap: only the endpoint's owner can fill it
+                (accounts,) = c.execute("SELECT count(*) FROM streams WHERE endpoint_hash = ?", (ehash,)).fetchone()
+                if accounts >= max_per_endpoint:
+                    raise StreamCapReached("endpoint", max_per_endpoint)
+            if max_per_account:
+                # Anyone may register a stream for any account: at the cap, the account's least recently
+                # refreshed streams give way (a real browser refreshes its own on every page load), so
+                # junk streams can never lock the owner out.
+                (streams,) = c.execute("SELECT count(*) FROM streams WHERE account_id = ?", (account_id,)).fetchone()
+                if streams >= max_per_account:
+                    oldest = c.execute(
+                        "SELECT endpoint_hash FROM streams WHERE account_id = ? ORDER BY updated_at, id LIMIT ?",
+                        (account_id, streams - max_per_account + 1),
+                    ).fetchall()
+                    for (victim,) in oldest:
+                        _delete_streams(c, victim, account_id, now)
             c.execute(
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -593,6 +603,15 @@ class SqliteStore:
 
         return await self._run(run)
 
+    async def health_counts(self) -> dict[str, int]:
+        def run(c: sqlite3.Connection) -> dict[str, int]:
+            # pending rows through their partial index: the finished history (days of it) is never walked
+            streams, accounts = c.execute("SELECT COUNT(*), COUNT(DISTINCT account_id) FROM streams").fetchone()
+            pending = c.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+            return {"streams": int(streams), "accounts": int(accounts), "deliveries_pending": int(pending)}
+
+        return await self._run(run)
+
     @asynccontextmanager
     async def leadership(self, name: str) -> AsyncIterator[_SoleLease]:
         """The embedded store serves one process: it always leads."""
@@ -627,6 +646,14 @@ class SqliteStore:
 class _SoleLease:
     async def wait_lost(self) -> None:
         await anyio.sleep_forever()
+
+
+def _create_private(path: Path) -> None:
+    """The database holds every endpoint (a capability URL) and auth secret: a new file is 0600 and a
+    new directory 0700, whatever the umask. SQLite gives its -wal and -shm files the database's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
