@@ -69,7 +69,7 @@ class RawHttp:
         try:
             async with self._client.stream("GET", url, headers=headers) as response:
                 declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
+                if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                     raise BodyTooLarge(f"body of {declared} bytes is over the {max_bytes}-byte limit")
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():  # decoded: the bound holds for gzip too
