@@ -93,3 +93,23 @@ def test_health_counts_never_walk_the_finished_history(tmp_path: Path) -> None:
     full, health, counts = asyncio.run(main())
     assert counts["deliveries_pending"] == 1
     assert health < full / 10, f"health {health * 1000:.1f} ms vs full {full * 1000:.1f} ms"
+
+    async def burst() -> float:
+        """1,000 probes at once and a dispatcher's claim among them: how long the claim waits."""
+        store = SqliteStore(str(tmp_path / "h.db"))
+        await store.open()
+        try:
+            cache = CachedCounts(store.health_counts)
+
+            async def timed_claim() -> float:
+                t = time.perf_counter()
+                await store.claim(256, 60)
+                return time.perf_counter() - t
+
+            *_, claim_took = await asyncio.gather(*(cache.get() for _ in range(1000)), timed_claim())
+            return float(claim_took)
+        finally:
+            await store.close()
+
+    claim_took = asyncio.run(burst())
+    assert claim_took < max(0.2, 3 * health), f"the claim waited {claim_took * 1000:.0f} ms behind the probes"
