@@ -8,13 +8,15 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import httpx
 
 from gateway.exceptions import GatewayError
 
 Permission = Literal["full_access", "function_call"]
+K = TypeVar("K")
+V = TypeVar("V")
 CACHE_ENTRIES = 10_000
 NEGATIVE_CACHE_SECONDS = 30.0  # an unknown key may be added soon; ask again sooner
 NOT_FOUND_CAUSES = frozenset({"UNKNOWN_ACCESS_KEY", "UNKNOWN_ACCOUNT", "INVALID_ACCOUNT"})
@@ -49,6 +51,23 @@ def permission_from_answer(answer: Any) -> Permission | None:
     raise RpcUnavailable("the RPC answer has no permission")
 
 
+class _Expiring(Generic[K, V]):
+    """At most CACHE_ENTRIES answers, each until its own expiry; the least recently stored go first."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K, now: float) -> tuple[bool, V | None]:
+        entry = self._entries.get(key)
+        return (True, entry[1]) if entry is not None and entry[0] > now else (False, None)
+
+    def put(self, key: K, value: V, expires: float) -> None:
+        self._entries[key] = (expires, value)
+        self._entries.move_to_end(key)
+        if len(self._entries) > CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+
+
 class AccessKeys:
     def __init__(
         self,
@@ -62,20 +81,17 @@ class AccessKeys:
         self._timeout = timeout
         self._cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Permission | None]] = OrderedDict()
+        self._cache: _Expiring[tuple[str, str], Permission | None] = _Expiring()
 
     async def permission(self, account_id: str, public_key: str) -> Permission | None:
         key = (account_id, public_key)
-        cached = self._cache.get(key)
         now = self._clock()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        hit, cached = self._cache.get(key, now)
+        if hit:
+            return cached
         found = await self._ask(account_id, public_key)
         ttl = self._cache_seconds if found is not None else min(self._cache_seconds, NEGATIVE_CACHE_SECONDS)
-        self._cache[key] = (now + ttl, found)
-        self._cache.move_to_end(key)
-        if len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.put(key, found, now + ttl)
         return found
 
     async def _ask(self, account_id: str, public_key: str) -> Permission | None:
@@ -153,13 +169,13 @@ class TokenMetadataCache:
         self._cache_seconds = cache_seconds
         self._retry_seconds = retry_seconds
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, TokenMetadata]] = OrderedDict()
+        self._cache: _Expiring[str, TokenMetadata] = _Expiring()
 
     async def get(self, contract: str) -> TokenMetadata:
         now = self._clock()
-        cached = self._cache.get(contract)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        hit, cached = self._cache.get(contract, now)
+        if hit and cached is not None:
+            return cached
         params = {
             "request_type": "call_function",
             "finality": "final",
@@ -172,8 +188,5 @@ class TokenMetadataCache:
             expires = now + self._cache_seconds
         except RpcUnavailable:
             found, expires = UNKNOWN_TOKEN, now + self._retry_seconds
-        self._cache[contract] = (expires, found)
-        self._cache.move_to_end(contract)
-        if len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.put(contract, found, expires)
         return found

@@ -36,6 +36,7 @@ from watchers.http import Answer, BodyTooLarge, RawHttp
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 HEAD_REFRESH = 5.0  # seconds a known chain head is trusted while catching up
 TIP_WAIT = 0.5  # seconds before asking again for a height the chain has not made yet
 BAD_ANSWER_ATTEMPTS = 5  # a height whose answer is malformed this often in a row is skipped (and logged)
@@ -70,8 +71,7 @@ class NeardataWatcher(Watcher):
         self.settings = settings
         self._accounts: set[str] = set()
         self._accounts_read_at = -math.inf
-        self._accounts_loaded_at = -math.inf
-        self._accounts_known = False
+        self._accounts_loaded_at = -math.inf  # never: the set is not known yet
         self._changes_from = 0.0  # wall time of the last read: changes since then are asked for
         self._idle = False
         self._head: int | None = None
@@ -114,19 +114,22 @@ class NeardataWatcher(Watcher):
         also drops accounts whose streams are gone: until then they only cost a lookup)."""
         now = time.monotonic()
         if now - self._accounts_read_at < self.settings.accounts_refresh:
-            return self._accounts if self._accounts_known else None
+            return self._known_accounts()
         started = time.time()
         try:
-            if not self._accounts_known or now - self._accounts_loaded_at >= ACCOUNTS_RELOAD:
+            if now - self._accounts_loaded_at >= ACCOUNTS_RELOAD:  # never loaded counts as long ago
                 self._accounts = set(await self.sink.accounts())
-                self._accounts_loaded_at, self._accounts_known = now, True
+                self._accounts_loaded_at = now
             else:
                 self._accounts.update(await self.sink.accounts_updated_since(self._changes_from - CHANGE_SLACK))
             self._changes_from = started
         except Exception as exc:  # the store is briefly unavailable: keep the last set
             self.fault(Fault("accounts_unavailable", str(exc)[:120]))
         self._accounts_read_at = now
-        return self._accounts if self._accounts_known else None
+        return self._known_accounts()
+
+    def _known_accounts(self) -> set[str] | None:
+        return None if self._accounts_loaded_at == -math.inf else self._accounts
 
     async def _start(self, http: RawHttp) -> int:
         """The first height to ask for: after the stored cursor; else the configured start; else the
@@ -209,7 +212,7 @@ class NeardataWatcher(Watcher):
         delays = self._delays()
         while True:
             try:
-                answer = await self._get(http, f"{self._block_route}{height}")
+                _, answer = await self._get(http, f"{self._block_route}{height}")
                 return self._read_block(answer, height)
             except BodyTooLarge as exc:  # the same block would be as big again: skip it, loudly
                 fault = Fault("block_too_large", str(exc))
@@ -267,37 +270,32 @@ class NeardataWatcher(Watcher):
         return head
 
     async def _head_once(self, http: RawHttp) -> int:
-        url = self._url("/v0/last_block/final")
-        for _ in range(MAX_REDIRECTS + 1):
-            answer = await self._request(http, url)
-            location = answer.headers.get("location")
-            if answer.status in (301, 302, 303, 307, 308) and location:
-                target = urljoin(url, location)
-                found = BLOCK_PATH.search(urlsplit(target).path)
-                if found:
-                    return int(found.group(1))
-                url = self._redirect_target(url, location)
-                continue
-            if answer.status == 200:  # a server that answers the block itself
-                block, _ = parse_block(answer.body)
-                if block is not None:
-                    return block.height
-                raise _Retry("the newest final block is not a block", None)
-            raise self._status_error(answer)
-        raise _Retry("too many redirects for the newest final block", None)
+        url, answer = await self._get(http, "/v0/last_block/final", stop_at=BLOCK_PATH)
+        location = answer.headers.get("location")
+        if answer.status in REDIRECTS and location:  # to /v0/block/<height>: the height is all we need
+            return int(BLOCK_PATH.search(urlsplit(urljoin(url, location)).path).group(1))  # type: ignore[union-attr]
+        if answer.status == 200:  # a server that answers the block itself
+            block, _ = parse_block(answer.body)
+            if block is not None:
+                return block.height
+            raise _Retry("the newest final block is not a block", None)
+        raise self._status_error(answer)
 
     # --- HTTP -----------------------------------------------------------------------------------
 
-    async def _get(self, http: RawHttp, path: str) -> Answer:
-        """GET following redirects by hand (the API key is sent only to our host and its subdomains)."""
+    async def _get(self, http: RawHttp, path: str, stop_at: re.Pattern[str] | None = None) -> tuple[str, Answer]:
+        """GET following redirects by hand (the API key is sent only to our host and its subdomains),
+        but not one whose target path matches ``stop_at``; the last URL asked, and its answer."""
         url = self._url(path)
         for _ in range(MAX_REDIRECTS + 1):
             answer = await self._request(http, url)
             location = answer.headers.get("location")
-            if answer.status in (301, 302, 303, 307, 308) and location:
-                url = self._redirect_target(url, location)
-                continue
-            return answer
+            if answer.status not in REDIRECTS or not location:
+                return url, answer
+            target = self._redirect_target(url, location)
+            if stop_at is not None and stop_at.search(urlsplit(target).path):
+                return url, answer
+            url = target
         raise _Retry(f"more than {MAX_REDIRECTS} redirects for {path}", None)
 
     async def _request(self, http: RawHttp, url: str) -> Answer:
