@@ -50,7 +50,7 @@ def generate_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
     """Create a new P-256 key at ``path`` (PEM, mode 0600); fails if the file exists."""
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # beside it: the database, also private
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)

@@ -119,6 +119,8 @@ def test_serve_without_config_uses_embedded_defaults(tmp_path: Path, procs: list
     key_file = tmp_path / "data" / "vapid_private.pem"
     assert key_file.exists() and (tmp_path / "data" / "gateway.db").exists()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700  # the key and the database live there
+    assert stat.S_IMODE((tmp_path / "data" / "gateway.db").stat().st_mode) == 0o600
     printed = next(line for line in gw.stdout if line.startswith("VAPID public key: ")).split()[-1]
     assert gw.http.get("/vapid-public-key").json() == {"publicKey": printed}
     assert any(line.startswith("gateway running roles=api,worker,watch loop=uvloop") for line in gw.stdout)
