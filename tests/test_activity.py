@@ -94,6 +94,9 @@ def test_activity_links_open_the_explorer_unless_the_gateway_has_a_template_for_
     assert click_url({**row, "txHash": None}, "https://near.org") == "https://nearblocks.io/address/bob.near"
     templates = {"https://wallet.example": {"near_transfer": "{gateway}/tx/{txHash}", "default": "{gateway}/inbox"}}
     assert click_url(row, "https://wallet.example", templates) == "https://wallet.example/tx/TX1"
+    tokens = {"https://wallet.example": {"ft_transfer": "{gateway}/token/{token}/{receiptId}"}}
+    ft = activity("ft_transfer", amount="1", token="token.sweat")
+    assert click_url(ft, "https://wallet.example", tokens) == "https://wallet.example/token/token.sweat/R1"
     # the gateway's default link is for its own notifications; activity without a template goes to the explorer
     assert click_url(activity("add_key"), "https://wallet.example", templates) == "https://nearblocks.io/txns/TX1"
     custom = {**activity("mt_transfer"), "standard": "nep245"}

@@ -116,6 +116,8 @@ def test_neardata_delivers_social_transfer_ft_nft_key_and_failure_rows_end_to_en
     s = state(gw)
     assert s["blocks"] == 4 and s["skipped_heights"] == 1 and s["last_block_height"] == H + 3
     assert s["lag_blocks"] == 0 and s["connected"]
+    assert s["blocks_per_second"] == round(4 / 60, 3)  # four heights committed within the last minute
+    assert s["lag_seconds"] is not None and s["lag_seconds"] > 0  # from the newest block's timestamp_nanosec
     assert s["faults"] == {}
     metrics = gw.http.get("/metrics").text
     assert 'gateway_watcher_skipped_heights_total{kind="neardata",watcher="chain"} 1.0' in metrics
