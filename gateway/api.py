@@ -22,16 +22,20 @@ from gateway.exceptions import (
     Forbidden,
     PayloadTooLarge,
     ServiceUnavailable,
+    StoreError,
+    StoreUnavailable,
     StreamCapReached,
     Unauthorized,
 )
 from gateway.health import CachedCounts
+from gateway.ingest import Ingested, ingest_setting_aside_refused
 from gateway.links import gateway_origin
 from gateway.matcher import policy_from
 from gateway.metrics import Metrics
 from gateway.models import (
     CreateStreamRequest,
     DeleteStreamRequest,
+    IngestResult,
     MatchPolicy,
     NotificationRow,
     SetPreferenceRequest,
@@ -58,9 +62,16 @@ class ApiContext:
     sender: Sender | None = None  # the push client, in processes that send (admin send-test)
     access_keys: AccessKeys = field(init=False)
     counts: CachedCounts = field(init=False)  # what /healthz and /metrics show of the store
+    readiness: CachedCounts = field(init=False)  # the store's write probe, as often as counts
 
     def __post_init__(self) -> None:
         self.counts = CachedCounts(lambda: self.store.health_counts())
+
+        async def probe() -> dict[str, int]:
+            await self.store.ping()
+            return {}
+
+        self.readiness = CachedCounts(probe)
         security = self.settings.security
         self.access_keys = AccessKeys(
             security.near_rpc_url, timeout=security.rpc_timeout, cache_seconds=security.rpc_cache_seconds
@@ -91,7 +102,22 @@ class IngestBody(BaseModel):
     skipped: dict[str, int]
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 413: {"model": ErrorBody}}
+class RejectedRow(BaseModel):
+    row: int  # index in the request's list
+    code: str
+    message: str
+
+
+class PartlyIngestedBody(ErrorBody):
+    """400 from POST /events when some rows were refused: ``code`` and ``message`` are the first
+    refused row's; the other rows were ingested as ``accepted`` says (sending them again is safe)."""
+
+    rejected: list[RejectedRow]
+    accepted: IngestBody
+
+
+# 503: the store is unavailable (store_unavailable, storage_full) or a dependency is (rpc_unavailable).
+ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 413, 503)}
 # The public routes may also refuse a client (rate, keys, signatures, caps) or time it out.
 PUBLIC_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -235,20 +261,40 @@ async def vapid_public_key(request: Request) -> VapidKeyBody:
 
 @router.get("/healthz", tags=["gateway"])
 async def healthz(request: Request) -> JSONResponse:
-    """200 when the store answers, with stream and outbox counts and each watcher's state; 503 otherwise."""
+    """Liveness: 200 while the process works, even through a store outage (restarting the process
+    would not bring the store back). ``status`` is ``ok``, or ``degraded`` while the store does not
+    answer; with the store's state, stream and outbox counts (when readable) and each watcher's state."""
     ctx = _ctx(request)
     try:
         counts = await ctx.counts.get()
-    except Exception:  # any store failure is "unhealthy", never a 500
-        return JSONResponse({"status": "unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok", **counts, "watchers": ctx.watcher_states()})
+    except StoreError:
+        counts = {}
+    status = "ok" if counts and ctx.store.status.up else "degraded"
+    body = {"status": status, **counts, "store": ctx.store.status.snapshot(), "watchers": ctx.watcher_states()}
+    return JSONResponse(body)
+
+
+@router.get("/readyz", tags=["gateway"], responses={503: {"model": ErrorBody}})
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 when the store answers; 503 with the reason (and Retry-After) while it does
+    not, so a load balancer sends the traffic elsewhere until it is back."""
+    ctx = _ctx(request)
+    try:
+        await ctx.readiness.get()
+        status = ctx.store.status
+        if not status.up:
+            code = "storage_full" if status.state == "full" else "store_unavailable"
+            raise StoreUnavailable(status.reason or "the store did not answer", code)
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(exc.code, f"not ready: {exc}") from exc
+    return JSONResponse({"status": "ready", "store": ctx.store.status.snapshot()})
 
 
 @router.get("/metrics", tags=["gateway"], response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text exposition: deliveries, latencies, outbox depth, streams, watchers."""
     ctx = _ctx(request)
-    body = await ctx.metrics.render(ctx.counts.get, ctx.watcher_states)
+    body = await ctx.metrics.render(ctx.counts.get, ctx.watcher_states, ctx.store.status.snapshot)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -272,7 +318,8 @@ EVENTS_SCHEMA = {
 @router.post(
     "/events",
     status_code=202,
-    responses={**ERRORS, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+    response_model=IngestBody,
+    responses={**ERRORS, 400: {"model": PartlyIngestedBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
     openapi_extra=EVENTS_SCHEMA,
     tags=["ingest"],
 )
@@ -280,8 +327,12 @@ async def ingest_events(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     source: Annotated[str, Query(description="namespace of the row ids (dedupe key)")] = "ingest",
-) -> IngestBody:
-    """Feed notification rows (QueryAPI shape, one or a list) into the matcher. Bearer token required."""
+) -> IngestBody | JSONResponse:
+    """Feed notification rows (QueryAPI shape, one or a list) into the matcher. Bearer token required.
+
+    In a list, rows that are invalid (or that the store refuses) are answered 400 in ``rejected``
+    while the others are ingested (``accepted``); each row is ingested once, so the whole list can
+    be sent again."""
     ctx = _ctx(request)
     token = ctx.settings.ingest.token
     if not token:
@@ -297,21 +348,38 @@ async def ingest_events(
     rows = data if isinstance(data, list) else [data]
     if len(rows) > ctx.settings.ingest.max_batch:
         raise PayloadTooLarge("too_many_rows", f"at most {ctx.settings.ingest.max_batch} rows per request")
-    events = []
+    events, rows_of_events, rejected = [], [], []
     for i, raw in enumerate(rows):
         try:
             row = NotificationRow.model_validate(raw)
         except ValidationError as exc:
+            if not isinstance(data, list):
+                raise BadRequest(*describe_validation_error(exc.errors(include_url=False)[0])) from exc
             code, message = describe_validation_error(exc.errors(include_url=False)[0])
-            prefix = f"rows[{i}]: " if isinstance(data, list) else ""
-            raise BadRequest(code, prefix + message) from exc
+            rejected.append(RejectedRow(row=i, code=code, message=message))
+            continue
         events.append(event_from_row(row, source))
-    result = await ctx.store.ingest(events, ctx.policy)
+        rows_of_events.append(i)
+    ingested = await ingest_setting_aside_refused(ctx.store, events, ctx.policy) if events else Ingested(IngestResult())
+    result = ingested.result
     if result.deliveries:
         ctx.on_ingest()
-    return IngestBody(
+    accepted = IngestBody(
         events=result.events, newEvents=result.new_events, deliveries=result.deliveries, skipped=result.skipped
     )
+    for j, why in ingested.refused.items():
+        rejected.append(RejectedRow(row=rows_of_events[j], code="refused_by_store", message=why))
+    if not rejected:
+        return accepted
+    if not isinstance(data, list):
+        raise BadRequest(rejected[0].code, rejected[0].message)
+    rejected.sort(key=lambda r: r.row)
+    first, more = rejected[0], len(rejected) - 1
+    message = f"rows[{first.row}]: {first.message}" + (f" (and {more} more rejected rows)" if more else "")
+    body = PartlyIngestedBody(
+        statusCode=400, error="Bad Request", code=first.code, message=message, rejected=rejected, accepted=accepted
+    )
+    return JSONResponse(body.model_dump(), status_code=400)
 
 
 def describe_validation_error(err: Any) -> tuple[str, str]:

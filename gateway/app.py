@@ -23,7 +23,7 @@ from gateway import __version__, admin
 from gateway.api import ApiContext, describe_validation_error, router
 from gateway.config import GatewaySettings, LimitsSettings, Settings
 from gateway.dispatcher import Sender
-from gateway.exceptions import ApiError
+from gateway.exceptions import ApiError, StoreRefused, StoreUnavailable
 from gateway.links import gateway_origin
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, client_bucket, keyed_frontend, retry_after_header
@@ -44,7 +44,10 @@ REASONS = {
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
+# Seconds a client is asked to wait while the store is unavailable; a full disk needs an operator.
+STORE_RETRY_AFTER = {"store_unavailable": "2", "storage_full": "30"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -102,7 +105,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-UNLIMITED_PATHS = frozenset({"/events", "/healthz", "/metrics"})  # token-protected or for probes and scrapers
+# Token-protected, or for probes and scrapers.
+UNLIMITED_PATHS = frozenset({"/events", "/healthz", "/readyz", "/metrics"})
 
 
 class RateLimit:
@@ -214,7 +218,20 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        headers = {"Retry-After": STORE_RETRY_AFTER[exc.code]} if exc.code in STORE_RETRY_AFTER else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Logged once per outage by the store boundary; nothing of the request was applied.
+        full = exc.code == "storage_full"
+        message = "storage is full" if full else "the store is unavailable"
+        message += "; nothing of the request was applied, try again later"
+        return error_response(503, exc.code, message, {"Retry-After": STORE_RETRY_AFTER.get(exc.code, "2")})
+
+    @app.exception_handler(StoreRefused)
+    async def _store_refused(_: Request, exc: StoreRefused) -> JSONResponse:
+        return error_response(400, "refused_by_store", f"the store cannot hold this request's data: {exc}")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

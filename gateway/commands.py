@@ -28,7 +28,7 @@ def _with_store(args: argparse.Namespace, job: Callable[[Store], Awaitable[T]]) 
     settings = load_settings(args.config)
 
     async def run() -> T:
-        store = open_store(settings.storage.url)
+        store = open_store(settings.storage.url, **settings.storage.open_options())
         await store.open()
         try:
             return await job(store)

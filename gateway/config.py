@@ -75,6 +75,17 @@ class SecuritySettings(_Section):
 
 class StorageSettings(_Section):
     url: str = "sqlite:///./data/gateway.db"
+    busy_timeout: float = Field(30.0, gt=0)  # SQLite: seconds to wait for another process's lock
+    connect_timeout: float = Field(10.0, gt=0)  # PostgreSQL: seconds for one connection attempt
+    command_timeout: float = Field(60.0, gt=0)  # PostgreSQL: seconds one statement may take
+
+    def open_options(self) -> dict[str, float]:
+        """The keyword arguments of ``gateway.store.open_store`` besides the URL."""
+        return {
+            "busy_timeout": self.busy_timeout,
+            "connect_timeout": self.connect_timeout,
+            "command_timeout": self.command_timeout,
+        }
 
 
 class VapidSettings(_Section):

@@ -2,6 +2,10 @@
 
 At-least-once: a delivery leaves the outbox only when its outcome is recorded. A process killed
 mid-send leaves a lease that expires, and another (or the restarted) process takes it again.
+
+Through a store outage the dispatcher keeps running: it stops claiming, finishes what it holds, and
+keeps every outcome it could not record (those pushes were sent) until the store takes them, so a
+failed record never makes a push go out twice. No new claim is made while outcomes wait.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import anyio
@@ -18,6 +22,7 @@ import anyio
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint, origin_of, push_host, redact
+from gateway.exceptions import StoreRefused, StoreUnavailable
 from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
@@ -32,6 +37,9 @@ CLAIM_BATCH = 256  # most deliveries taken in one claim
 PAYLOAD_CACHE = 4096  # payloads kept for the other streams of the same event
 CLAIM_BATCH_MIN = 16  # with a backlog, wait for this many free slots before claiming...
 CLAIM_GATHER = 0.005  # ...but no longer than this (seconds)
+STORE_RETRY_INITIAL = 0.1  # seconds before asking an unavailable store again...
+STORE_RETRY_MAX = 5.0  # ...doubling up to this
+SHUTDOWN_FLUSH = 5.0  # seconds a stopping dispatcher gives the store to take its last outcomes
 
 
 class Sender(Protocol):
@@ -103,6 +111,7 @@ class Dispatcher:
         self._outcomes: list[Outcome] = []
         self._payloads: dict[tuple[str, str, bool], bytes] = {}  # one build per (event, gateway, form)
         self._outcomes_waiting = asyncio.Event()
+        self._unrecorded = False  # outcomes wait for the store: claim nothing until they are recorded
 
     def wake(self) -> None:
         """Tell the dispatcher new deliveries are waiting (called after ingest)."""
@@ -116,16 +125,24 @@ class Dispatcher:
                 for _ in range(self._settings.concurrency):  # a fixed pool: no task per push
                     tg.start_soon(self._work, queue)
                 backlog = False
+                pauses = self._store_pauses()
                 while True:
                     await self._room()  # a push finishing frees a slot at once
                     if backlog and self._free < CLAIM_BATCH_MIN:
                         await anyio.sleep(CLAIM_GATHER)  # a backlog: let more slots free up, claim them together
                     want = min(self._free, CLAIM_BATCH)
                     try:
+                        if self._unrecorded:
+                            raise StoreUnavailable("outcomes are waiting to be recorded")
                         claims = await self._store.claim(want, self._settings.claim_lease)
-                    except Exception:  # the store is briefly unavailable: back off, keep running
+                    except StoreUnavailable:  # logged once by the store boundary
+                        await anyio.sleep(next(pauses))
+                        continue
+                    except Exception:  # a bug must not stop sending: back off, keep running
                         log.exception("claiming deliveries failed")
-                        claims = []
+                        await anyio.sleep(next(pauses))
+                        continue
+                    pauses = self._store_pauses()
                     backlog = len(claims) == want
                     self._free -= len(claims)
                     for claim in claims:
@@ -134,9 +151,18 @@ class Dispatcher:
                     if not claims:
                         await self._idle()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._flush_outcomes()
-                await self._release_in_flight()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_FLUSH):
+                if await self._flush_outcomes():
+                    await self._release_in_flight()
+            if self._outcomes:
+                log.warning(
+                    "stopping with %d outcomes the store did not take: those deliveries are sent again "
+                    "once their lease ends",
+                    len(self._outcomes),
+                )
+
+    def _store_pauses(self) -> Iterator[float]:
+        return backoff_delays(STORE_RETRY_INITIAL, STORE_RETRY_MAX, self._rng)
 
     async def _room(self) -> None:
         while self._free <= 0:
@@ -150,7 +176,10 @@ class Dispatcher:
     async def _idle(self) -> None:
         """Sleep until woken, until the next delivery is due, or one poll interval."""
         timeout = self._settings.poll_interval
-        due = await self._store.next_due_at()
+        try:
+            due = await self._store.next_due_at()
+        except StoreUnavailable:  # the next claim finds out how long the outage lasts
+            due = None
         if due is not None:
             timeout = min(timeout, max(0.0, due - self._clock()))
         if timeout > 0:
@@ -212,26 +241,58 @@ class Dispatcher:
         return cached
 
     async def _write_outcomes(self) -> None:
-        """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push."""
+        """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push;
+        while the store is unavailable, the same outcomes again after a growing pause."""
+        pauses = self._store_pauses()
         while True:
             await self._outcomes_waiting.wait()
             await anyio.sleep(FLUSH_WINDOW)
             self._outcomes_waiting = asyncio.Event()
             with anyio.CancelScope(shield=True):
-                await self._flush_outcomes()
+                recorded = await self._flush_outcomes()
+            if recorded:
+                pauses = self._store_pauses()
+            else:
+                await anyio.sleep(next(pauses))
+                self._outcomes_waiting.set()
 
-    async def _flush_outcomes(self) -> None:
+    async def _flush_outcomes(self) -> bool:
+        """Record what is waiting; False (the outcomes kept, in order) when the store is unavailable."""
         batch, self._outcomes = self._outcomes, []
         if not batch:
-            return
+            return True
         try:
             await self._store.record(batch)
-        except Exception:  # their leases expire and the deliveries are taken again
+        except StoreUnavailable:
+            self._outcomes = batch + self._outcomes
+            self._unrecorded = True
+            return False
+        except StoreRefused:  # one outcome the store cannot take must not hold back the others
+            waiting = await self._record_each(batch)
+            if waiting:
+                self._outcomes = waiting + self._outcomes
+                self._unrecorded = True
+                return False
+        except Exception:  # a bug: their leases expire and the deliveries are taken again
             log.exception("recording %d outcomes failed", len(batch))
+        self._unrecorded = False
         for outcome in batch:
             self._in_flight.discard(outcome.delivery_id)
         if any(o.status == "retry" for o in batch):
             self._wake.set()  # the idle timer must account for these retries' due times
+        return True
+
+    async def _record_each(self, batch: list[Outcome]) -> list[Outcome]:
+        """Record outcomes one by one, skipping those the store refuses; those still to record
+        when the store became unavailable are returned."""
+        for i, outcome in enumerate(batch):
+            try:
+                await self._store.record([outcome])
+            except StoreRefused as exc:  # its lease expires and the delivery is taken again
+                log.error("the store refused the outcome of delivery=%s: %s", outcome.delivery_id, exc)
+            except StoreUnavailable:
+                return batch[i:]
+        return []
 
     async def _release_in_flight(self) -> None:
         if self._in_flight:

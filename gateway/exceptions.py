@@ -3,7 +3,9 @@
     GatewayError
     ├── ConfigError                 a setting is missing, malformed or unsafe (start-up fails)
     ├── VapidKeyError               the VAPID key file cannot be read or created
-    ├── StoreError                  the store cannot be opened or migrated
+    ├── StoreError                  the store cannot be opened or migrated, or failed a call
+    │   ├── StoreUnavailable        transient (connection lost, busy, full): retry later
+    │   └── StoreRefused            permanent: the store refuses this data (out of range, too big)
     ├── StreamCapReached            an account or endpoint already has its most streams
     └── ApiError                    a request is refused; carries HTTP status + stable code
         ├── BadRequest              400: the body is well-formed JSON but not valid
@@ -32,7 +34,24 @@ class VapidKeyError(GatewayError):
 
 
 class StoreError(GatewayError):
-    """The store cannot be opened or migrated."""
+    """The store cannot be opened or migrated, or failed a call."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot answer now (connection lost or refused, restarting, locked, full): the same
+    call may succeed later, so callers retry with backoff and never give up on it.
+
+    ``code`` is stable: ``store_unavailable``, or ``storage_full`` when the disk or file is full.
+    """
+
+    def __init__(self, message: str, code: str = "store_unavailable") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreRefused(StoreError):
+    """The store refused this data for good (a number out of range, a value too big): retrying the
+    same call fails the same way, so the data is set aside as a fault and the rest goes on."""
 
 
 class StreamCapReached(GatewayError):

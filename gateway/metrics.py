@@ -33,8 +33,25 @@ class _SharedState(Collector):
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.watchers: dict[str, dict[str, Any]] = {}
+        self.store: dict[str, Any] = {}
 
     def collect(self) -> Iterable[Metric]:
+        if self.store:
+            up = GaugeMetricFamily("gateway_store_up", "1 while the store answers this process's calls")
+            up.add_metric([], 1.0 if self.store.get("state") == "up" else 0.0)
+            outages = CounterMetricFamily(
+                "gateway_store_outages", "Times the store stopped answering (unavailable or full)"
+            )
+            outages.add_metric([], float(self.store.get("outages", 0)))
+            errors = CounterMetricFamily(
+                "gateway_store_errors",
+                "Store calls that failed, by code (store_unavailable, storage_full, refused)",
+                labels=["code"],
+            )
+            for code, count in dict(self.store.get("errors", {})).items():
+                errors.add_metric([code], float(count))
+            yield from (up, outages, errors)
+
         outbox = GaugeMetricFamily("gateway_outbox_depth", "Deliveries waiting to be sent (due or scheduled)")
         outbox.add_metric([], self.counts.get("deliveries_pending", 0))
         streams = GaugeMetricFamily("gateway_streams", "Stored streams (account, gateway, browser)")
@@ -61,6 +78,9 @@ class _SharedState(Collector):
         )
         faults = CounterMetricFamily("gateway_watcher_faults", "Input the watcher skipped", labels=[*labels, "fault"])
         reconnects = CounterMetricFamily("gateway_watcher_reconnects", "Reconnects of the watcher", labels=labels)
+        paused = GaugeMetricFamily(
+            "gateway_watcher_store_paused", "1 while the watcher holds input until the store answers", labels=labels
+        )
         blocks = CounterMetricFamily(
             "gateway_watcher_blocks", "Heights a block watcher committed (skipped ones included)", labels=labels
         )
@@ -83,13 +103,14 @@ class _SharedState(Collector):
                 height.add_metric(key, float(state["last_block_height"]))
             events.add_metric(key, float(state.get("events", 0)))
             reconnects.add_metric(key, float(state.get("reconnects", 0)))
+            paused.add_metric(key, 1.0 if state.get("store_paused") else 0.0)
             for fault, count in dict(state.get("faults", {})).items():
                 faults.add_metric([*key, fault], float(count))
             if state.get("kind") == "neardata":
                 blocks.add_metric(key, float(state.get("blocks", 0)))
                 skipped.add_metric(key, float(state.get("skipped_heights", 0)))
                 rate.add_metric(key, float(state.get("blocks_per_second", 0.0)))
-        yield from (connected, lag_s, lag_b, height, events, faults, reconnects, blocks, skipped, rate)
+        yield from (connected, lag_s, lag_b, height, events, faults, reconnects, paused, blocks, skipped, rate)
 
 
 class Metrics:
@@ -143,6 +164,7 @@ class Metrics:
         self,
         counts: Callable[[], Awaitable[dict[str, int]]],
         watchers: Callable[[], dict[str, dict[str, Any]]],
+        store: Callable[[], dict[str, Any]] = dict,
     ) -> bytes:
         """The text exposition, with the shared gauges read now."""
         try:
@@ -150,4 +172,5 @@ class Metrics:
         except Exception:  # the store is down: report the counters, and no gauges rather than stale ones
             self._shared.counts = {}
         self._shared.watchers = watchers()
+        self._shared.store = store()
         return generate_latest(self.registry)

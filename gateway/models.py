@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from gateway.deepjson import loads_without_recursion
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint
 
 ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
@@ -63,11 +64,12 @@ def _refuse_constant(name: str) -> Any:
 
 def loads_json(text: str | bytes) -> Any:
     """Standard JSON only. Python's parser takes NaN and Infinity; the browser's JSON.parse, which
-    reads the pushed row, does not. Nesting too deep for the parser is a ValueError too."""
+    reads the pushed row, does not. A document nested too deep for Python's parser is read without
+    recursion (deepjson), so one over-deep row is refused alone and the rows beside it are read."""
     try:
         return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    except RecursionError:
+        return loads_without_recursion(text)
 
 
 # What a row may hold: the service worker's JSON.parse reads numbers as doubles (exact to 2^53), the

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.dispatcher import Sender
 from gateway.endpoints import redact
+from gateway.exceptions import StoreUnavailable
 from gateway.store.base import DeadLetter, Store, StreamInfo
 from gateway.webpush import Verdict
 
@@ -87,15 +88,18 @@ async def overview(
     recent dead letters."""
     now = time.time() if now is None else now
     since = now - OVERVIEW_WINDOW
-    counts = await store.counts()
-    return {
-        "now": now,
-        "counts": counts,
-        "outboxDepth": counts.get("deliveries_pending", 0),
-        "watchers": watcher_states(),
-        "history": [
-            {"minute": m, "status": status, "count": n} for m, status, n in await store.delivery_history(since)
-        ],
-        "failingHosts": [{"host": h, "count": n} for h, n in await store.failing_hosts(since)],
-        "deadLetters": [dead_letter_view(d) for d in await store.dead_letters(20)],
-    }
+    view: dict[str, Any] = {"now": now, "watchers": watcher_states()}
+    try:
+        counts = await store.counts()
+        view |= {
+            "counts": counts,
+            "outboxDepth": counts.get("deliveries_pending", 0),
+            "history": [
+                {"minute": m, "status": status, "count": n} for m, status, n in await store.delivery_history(since)
+            ],
+            "failingHosts": [{"host": h, "count": n} for h, n in await store.failing_hosts(since)],
+            "deadLetters": [dead_letter_view(d) for d in await store.dead_letters(20)],
+        }
+    except StoreUnavailable:  # the page still shows the outage, and what the watchers are doing
+        view |= {"counts": {}, "outboxDepth": None, "history": [], "failingHosts": [], "deadLetters": []}
+    return view | {"store": store.status.snapshot()}

@@ -16,6 +16,7 @@ import anyio
 
 from gateway.config import Settings
 from gateway.exceptions import ConfigError
+from gateway.ingest import Ingested, ingest_setting_aside_refused
 from gateway.matcher import policy_from
 from gateway.models import Event, MatchPolicy
 from gateway.store import open_store
@@ -55,8 +56,9 @@ class ReplaySink:
     async def cursor(self, key: str) -> str | None:
         return str(self.progress.start - 1)  # sources resume after the cursor
 
-    async def deliver(self, events: list[Event], cursor_key: str, cursor: str | None) -> int:
-        result = await self._store.ingest(events, self._policy)
+    async def deliver(self, events: list[Event], cursor_key: str, cursor: str | None) -> Ingested:
+        ingested = await ingest_setting_aside_refused(self._store, events, self._policy)
+        result = ingested.result
         p = self.progress
         p.events += result.events
         p.new_events += result.new_events
@@ -67,7 +69,7 @@ class ReplaySink:
         self._on_progress()
         if p.position >= p.target:
             self.reached.set()
-        return result.deliveries
+        return ingested
 
     async def accounts(self) -> list[str]:
         return await self._store.accounts()
@@ -94,7 +96,7 @@ async def replay(
             f"watcher {watcher_name!r} is {watcher_settings.kind!r}: its source cannot start from a block "
             f"(replayable kinds: {', '.join(sorted(REPLAYABLE))})"
         )
-    store = open_store(settings.storage.url)
+    store = open_store(settings.storage.url, **settings.storage.open_options())
     await store.open()
     try:
         if to_block is None:

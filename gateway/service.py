@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from gateway.app import create_app
 from gateway.config import PushSettings, Settings
 from gateway.dispatcher import Dispatcher
+from gateway.exceptions import StoreUnavailable
 from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
 from gateway.metrics import Metrics
@@ -110,6 +111,7 @@ class Gateway:
         self.settings = settings
         self.roles = roles
         self._server: uvicorn.Server | None = None
+        self.store: Store | None = None  # once running
         self._stopping = False
         self._stop_event: anyio.Event | None = None
 
@@ -124,8 +126,9 @@ class Gateway:
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
         signer = load_vapid_signer(settings)
-        store = open_store(settings.storage.url)
+        store = open_store(settings.storage.url, **settings.storage.open_options())
         await store.open()
+        self.store = store
         self._stop_event = anyio.Event()
         if self._stopping:
             self._stop_event.set()
@@ -143,14 +146,19 @@ class Gateway:
                 )
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
                 wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
-                sink = StoreSink(store, policy_from(settings.matching), wake)
-                watchers = [build_watcher(w, sink) for w in settings.watchers if w.enabled and "watch" in self.roles]
+                policy = policy_from(settings.matching)
+                sinks = {
+                    w.name: StoreSink(store, policy, wake)
+                    for w in settings.watchers
+                    if w.enabled and "watch" in self.roles
+                }
+                watchers = [build_watcher(w, sinks[w.name]) for w in settings.watchers if w.name in sinks]
                 async with anyio.create_task_group() as tg:
                     if "worker" in self.roles:
                         tg.start_soon(dispatcher.run)
                         tg.start_soon(self._housekeeping, store)
                     for watcher in watchers:
-                        tg.start_soon(self._lead, store, watcher)
+                        tg.start_soon(self._lead, store, watcher, sinks[watcher.name])
                     near_watchers = [w for w in watchers if w.kind in NEAR_KINDS]
                     if near_watchers and settings.metrics.chain_head_interval > 0:
                         tg.start_soon(self._follow_chain_head, near_watchers)
@@ -204,17 +212,25 @@ class Gateway:
         task_status.started(port)
         await self._server.serve(sockets=[sock])
 
-    async def _lead(self, store: Store, watcher: Watcher) -> None:
-        """Run ``watcher`` only while this process leads it; wait to lead again when that ends."""
+    async def _lead(self, store: Store, watcher: Watcher, sink: StoreSink) -> None:
+        """Run ``watcher`` only while this process leads it; wait to lead again when that ends (a store
+        outage ends it too: the leadership is taken again, here or elsewhere, when the store is back).
+        The watcher's writes go through its lease, so they stop the moment the leadership does."""
         while True:
             async with store.leadership(f"watcher:{watcher.name}") as lease:
                 log.info("watcher %s (%s): leading it from this process", watcher.name, watcher.kind)
                 print(f"watcher {watcher.name} leading", flush=True)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(watcher.run)
-                    await lease.wait_lost()
-                    tg.cancel_scope.cancel()
+                sink.lease = lease
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(watcher.run)
+                        await lease.wait_lost()
+                        tg.cancel_scope.cancel()
+                finally:
+                    sink.lease = None
+                    watcher.state.connected = False
             log.warning("watcher %s: leadership lost; waiting to lead again", watcher.name)
+            print(f"watcher {watcher.name} lost leadership", flush=True)
 
     async def _follow_chain_head(self, watchers: list[Watcher]) -> None:
         """Ask NEAR RPC for the chain head now and then, so each NEAR watcher knows its lag in blocks."""
@@ -247,6 +263,8 @@ class Gateway:
                     log.info(
                         "purged %d finished deliveries older than %.0f days", purged, self.settings.push.retention_days
                     )
+            except StoreUnavailable as exc:  # the next round purges what this one could not
+                log.warning("retention purge skipped: %s", exc)
             except Exception:
                 log.exception("retention purge failed")
             await anyio.sleep(HOUSEKEEPING_INTERVAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -158,7 +159,7 @@ def test_events_are_disabled_without_a_token(start_gateway: Any) -> None:
     ("body", "code"),
     [
         ({"id": 1, "valueType": "like"}, "missing_field"),
-        ([row(1), {"id": 2, "receiver": "bob.near"}], "missing_field"),
+        ([{"id": 2, "receiver": "bob.near"}], "missing_field"),
         (row(1, receiver="x"), "invalid_account_id"),
         ("not a row", "invalid_body"),
     ],
@@ -257,3 +258,37 @@ def test_events_a_browser_or_the_store_cannot_hold_get_a_400_and_store_nothing(
     assert r.status_code == 400 and r.json()["code"] == code, r.text
     assert gateway.query("SELECT count(*) FROM events")[0][0] == 0
     assert gateway.ingest(row(8, blockHeight=2**53 - 1)).status_code == 202  # the largest exact one is fine
+
+
+def test_a_batch_with_poison_rows_is_answered_400_for_them_and_its_good_rows_are_delivered_once(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    from tests.test_e2e import subscribe
+
+    gw = start_gateway(matching={"max_per_endpoint_per_day": 0})
+    bob = subscribe(gw, fake_push, "bob.near")
+    poison = {
+        1: row(2, blockHeight=2**63),
+        3: row(4, receiver="r" * 10_000 + ".near"),
+        4: "DEEP",
+        6: "not a row",
+    }
+    batch = [poison.get(i, row(i + 1)) for i in range(8)]
+    deep = '{"id": 5, "receiver": "bob.near", "valueType": "like", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    body = json.dumps(batch).replace('"DEEP"', deep).encode()
+    headers = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": "application/json"}
+    for attempt in range(2):  # sending the same batch again is safe: each good row is ingested once
+        r = gw.http.post("/events", content=body, headers=headers)
+        assert r.status_code == 400, r.text
+        answer = r.json()
+        assert [(x["row"], x["code"]) for x in answer["rejected"]] == [
+            (1, "invalid_number"),
+            (3, "invalid_length"),
+            (4, "invalid_depth"),
+            (6, "invalid_body"),
+        ]
+        assert answer["code"] == "invalid_number" and answer["message"].startswith("rows[1]: ")
+        assert answer["accepted"]["events"] == 4 and answer["accepted"]["newEvents"] == (4 if attempt == 0 else 0)
+    fake_push.wait_count(bob, 4)
+    time.sleep(0.5)
+    assert sorted(r.payload["id"] for r in fake_push.for_sub(bob) if r.payload) == [1, 3, 6, 8]

@@ -19,6 +19,8 @@ import anyio
 
 from gateway.backoff import backoff_delays
 from gateway.config import WatcherSettingsBase
+from gateway.exceptions import StoreUnavailable
+from gateway.ingest import Ingested
 from gateway.models import Event
 from watchers.decode import Decoded, Fault
 
@@ -27,14 +29,18 @@ log = logging.getLogger("watchers")
 STABLE_CONNECTION = 30.0  # seconds a connection must live before the backoff starts over
 RATE_WINDOW = 60.0  # seconds over which blocks per second is measured
 RATE_SAMPLES = 4096  # commit times kept for it (mainnet makes ~100 blocks a minute)
+STORE_RETRY_INITIAL = 0.2  # seconds before retrying a delivery the store could not take...
+STORE_RETRY_MAX = 5.0  # ...doubling up to this while the store stays unavailable
 
 
 class EventSink(Protocol):
     async def cursor(self, key: str) -> str | None:
         """The stored cursor for ``key`` (a watcher name, or name@account)."""
 
-    async def deliver(self, events: list[Event], cursor_key: str, cursor: str | None) -> int:
-        """Store events and their deliveries and move the cursor, atomically; returns deliveries."""
+    async def deliver(self, events: list[Event], cursor_key: str, cursor: str | None) -> Ingested:
+        """Store events and their deliveries and move the cursor, atomically; events the store
+        refuses are set aside (reported in the answer) and the cursor still moves past them.
+        Raises ``StoreUnavailable`` when nothing could be stored."""
 
     async def accounts(self) -> list[str]:
         """Accounts that have at least one stream (social-index polls each)."""
@@ -65,6 +71,8 @@ class WatcherState:
     reconnects: int = 0
     last_error: str | None = None
     chain_head: int | None = None  # newest final block of the chain, when known (NEAR RPC or the source)
+    store_paused: bool = False  # holding a frame or page until the store takes it
+    store_pauses: int = 0
     blocks: int = 0  # block watchers: heights committed (skipped heights included)
     skipped_heights: int = 0  # heights at which the chain made no block (or that could not be read)
     _recent_blocks: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
@@ -99,6 +107,8 @@ class WatcherState:
             "deliveries": self.deliveries,
             "faults": dict(self.faults),
             "reconnects": self.reconnects,
+            "store_paused": self.store_paused,
+            "store_pauses": self.store_pauses,
             "last_error": self.last_error,
             "blocks": self.blocks,
             "skipped_heights": self.skipped_heights,
@@ -156,10 +166,13 @@ class Watcher:
             self.server_error(decoded.errors)
         if not decoded.events and cursor is None:
             return
-        self.state.deliveries += await self.sink.deliver(decoded.events, cursor_key or self.name, cursor)
+        ingested = await self.deliver_patiently(decoded.events, cursor_key or self.name, cursor)
+        self.state.deliveries += ingested.result.deliveries
+        for i, why in ingested.refused.items():
+            self.fault(Fault("store_refused", f"event {decoded.events[i].key}: {why}"))
         if decoded.events:
             self._progress = True
-            self.state.events += len(decoded.events)
+            self.state.events += len(decoded.events) - len(ingested.refused)
             self.state.last_event_at = now
         if decoded.max_block_height is not None:
             self.state.last_block_height = max(self.state.last_block_height or 0, decoded.max_block_height)
@@ -167,6 +180,28 @@ class Watcher:
             self.state.last_block_time = decoded.max_block_time
         if cursor is not None and (cursor_key is None or cursor_key == self.name):
             self.state.cursor = cursor
+
+    async def deliver_patiently(self, events: list[Event], cursor_key: str, cursor: str | None) -> Ingested:
+        """Hand events to the sink, waiting out a store outage: the frame or page is held (the source
+        waits, its connection kept) and stored once the store answers, so nothing is skipped, and
+        nothing is stored twice (the cursor moves in the same transaction)."""
+        delays = backoff_delays(STORE_RETRY_INITIAL, STORE_RETRY_MAX, random.Random())
+        try:
+            while True:
+                try:
+                    ingested = await self.sink.deliver(events, cursor_key, cursor)
+                except StoreUnavailable as exc:
+                    if not self.state.store_paused:
+                        self.state.store_paused = True
+                        self.state.store_pauses += 1
+                        log.warning("watcher %s paused: %s; resuming when the store answers", self.name, exc)
+                    await anyio.sleep(next(delays))
+                    continue
+                if self.state.store_paused:
+                    log.info("watcher %s resumed", self.name)
+                return ingested
+        finally:
+            self.state.store_paused = False
 
     async def supervise(
         self,
@@ -189,6 +224,8 @@ class Watcher:
                 reason = "closed by the server"
             except WatcherError as exc:
                 reason = str(exc)
+            except StoreUnavailable as exc:  # reading a cursor or the accounts: start over from the cursor
+                reason = f"store unavailable: {exc}"
             except (OSError, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a library's own error types (protocol errors, closed sockets)

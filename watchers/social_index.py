@@ -95,7 +95,7 @@ class SocialIndexWatcher(Watcher):
             newest = await http.request("POST", url, index_request(account, limit=1, order="desc", from_height=None))
             height = newest[0].get("blockHeight") if isinstance(newest, list) and newest else None
             start = height if isinstance(height, int) else 0
-            await self.sink.deliver([], self._key(account), str(start))
+            await self.deliver_patiently([], self._key(account), str(start))
             return False
         last = int(stored)
         page = await http.request("POST", url, index_request(account, limit=s.limit, order="asc", from_height=last + 1))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.store.boundary import StoreStatus
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
 
@@ -66,13 +67,19 @@ class Lease(Protocol):
 
 
 class Store(Protocol):
+    """Every public call raises ``StoreUnavailable`` (retry later) or ``StoreRefused`` (this data
+    never) for what the store's driver reports, classified at the boundary (boundary.py); ``status``
+    says what the last calls saw."""
+
+    status: StoreStatus
+
     async def open(self) -> None:
         """Connect and apply migrations."""
 
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
-        """Raise when the store cannot answer (health check)."""
+        """Raise when the store cannot take a write now (the readiness probe); leaves nothing behind."""
 
     # --- streams and preferences (the public API) ---
     async def upsert_stream(
@@ -125,8 +132,11 @@ class Store(Protocol):
         policy: MatchPolicy,
         *,
         cursor: tuple[str, str] | None = None,
+        lease: Lease | None = None,
     ) -> IngestResult:
-        """Record events, write their deliveries and advance ``cursor`` = (source, value) atomically."""
+        """Record events, write their deliveries and advance ``cursor`` = (source, value) atomically.
+
+        With the ``lease`` of a leadership, the transaction commits only while it is still held."""
 
     async def get_cursor(self, source: str) -> str | None: ...
 

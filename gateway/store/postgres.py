@@ -7,6 +7,7 @@ migration once. ``?schema=NAME`` in the URL keeps the tables in their own schema
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -19,11 +20,12 @@ import anyio
 import asyncpg
 
 from gateway.endpoints import endpoint_hash
-from gateway.exceptions import StoreError, StreamCapReached
+from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.admin import count_hosts, stream_info
-from gateway.store.base import DeadLetter, Outcome, StreamInfo
+from gateway.store.base import DeadLetter, Lease, Outcome, StreamInfo
+from gateway.store.boundary import StoreStatus, guard_calls
 from gateway.store.sqlite import utc_day
 
 MIGRATION_LOCK = 0x6761_7465  # pg_advisory_xact_lock key: one migrating process at a time
@@ -120,14 +122,66 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
 
 
+# Errors after which the same call may succeed: the connection was lost or refused, the server is
+# starting, stopping or out of connections, a transaction lost a conflict, or a failover left us on
+# a read-only standby. Disk full is transient too, with its own code.
+TRANSIENT_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: admin or crash shutdown, cannot connect now, cancelled
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory
+    asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    asyncpg.ReadOnlySQLTransactionError,
+)
+# Data the server (or asyncpg, encoding it) will never take: out of range, invalid text, too big.
+REFUSED_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+
+
+@guard_calls
 class PostgresStore:
-    def __init__(self, url: str, clock: Callable[[], float] = time.time, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 10,
+        *,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ) -> None:
         self._dsn, self._schema = split_schema(url)
         if self._schema is not None and not self._schema.replace("_", "").isalnum():
             raise StoreError(f"schema name {self._schema!r} must be letters, digits and _")
         self._clock = clock
         self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self.status = StoreStatus()
+
+    @staticmethod
+    def classify(exc: BaseException) -> StoreError | None:
+        """A driver error as the store boundary reports it (gateway/store/boundary.py)."""
+        if isinstance(exc, asyncpg.DiskFullError):
+            return StoreUnavailable(f"PostgreSQL: {exc}", "storage_full")
+        if isinstance(exc, TRANSIENT_ERRORS):
+            return StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}")
+        if isinstance(exc, asyncpg.InterfaceError):
+            if isinstance(exc, ValueError):  # asyncpg could not encode an argument (an int past 64 bits)
+                return StoreRefused(f"PostgreSQL refused the data: {exc}")
+            if "closed" in str(exc):  # "connection is closed", "... was closed in the middle of operation"
+                return StoreUnavailable(f"PostgreSQL: {exc}")
+            return None
+        if isinstance(exc, REFUSED_ERRORS):
+            return StoreRefused(f"PostgreSQL refused the data: {type(exc).__name__}: {exc}")
+        return None
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {
+            "timeout": self._connect_timeout,
+            "command_timeout": self._command_timeout,
+            "server_settings": {"search_path": self._schema} if self._schema else None,
+        }
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -138,16 +192,17 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             if self._schema:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 try:
                     async with conn.transaction():  # IF NOT EXISTS alone races between starting processes
                         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
                 finally:
                     await conn.close()
-            settings = {"search_path": self._schema} if self._schema else None
+            # The pool replaces a connection that died when it is next released: after an outage
+            # it reconnects by itself, one failed call per dead connection.
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
+                self._dsn, min_size=1, max_size=self._pool_size, **self._connect_options()
             )
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
@@ -160,7 +215,7 @@ class PostgresStore:
                     if name not in applied:
                         await conn.execute(sql)
                         await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", name, time.time())
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
 
     async def close(self) -> None:
@@ -290,12 +345,21 @@ class PostgresStore:
     # --- ingest ----------------------------------------------------------------------------
 
     async def ingest(
-        self, events: list[Event], policy: MatchPolicy, *, cursor: tuple[str, str] | None = None
+        self,
+        events: list[Event],
+        policy: MatchPolicy,
+        *,
+        cursor: tuple[str, str] | None = None,
+        lease: Lease | None = None,
     ) -> IngestResult:
         now = self._clock()
         day = utc_day(now)
         result = IngestResult(events=len(events))
-        async with self.pool.acquire() as conn, conn.transaction():
+        # A leader writes on the connection that holds its advisory lock: when that connection dies
+        # the lock is gone and so is the transaction, so a watcher that lost its leadership can
+        # never commit beside the new leader.
+        connection = lease.connection() if isinstance(lease, _AdvisoryLease) else self.pool.acquire()
+        async with connection as conn, conn.transaction():
             for event in events:
                 inserted = await conn.fetchval(
                     "INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1",
@@ -572,17 +636,17 @@ class PostgresStore:
         the holder's connection dies (a killed process), and a waiting process takes it within
         LEADER_RETRY seconds."""
         key = int.from_bytes(hashlib.sha256(f"{self._schema}:{name}".encode()).digest()[:8], "big", signed=True)
-        settings = {"search_path": self._schema} if self._schema else None
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, server_settings=settings)
+                conn = await asyncpg.connect(self._dsn, **self._connect_options())
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                     break
-            except (OSError, asyncpg.PostgresError):
-                pass
+            except Exception as exc:  # the store is down: try again, never fail the process
+                if self.classify(exc) is None:
+                    raise
             if conn is not None:
-                await conn.close()
+                conn.terminate()
             await anyio.sleep(LEADER_RETRY)
         try:
             yield _AdvisoryLease(conn)
@@ -605,17 +669,30 @@ class PostgresStore:
 
 
 class _AdvisoryLease:
+    """The connection holding a leader's advisory lock, shared by the liveness check and the
+    leader's writes (one at a time: an asyncpg connection runs one query at once)."""
+
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self._lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        conn.add_termination_listener(lambda _: self._closed.set())
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        async with self._lock:
+            yield self._conn
 
     async def wait_lost(self) -> None:
-        while True:
-            await anyio.sleep(LEADER_CHECK)
-            try:
-                with anyio.fail_after(LEADER_CHECK * 3):
-                    await self._conn.fetchval("SELECT 1")
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return
+        while not self._closed.is_set():
+            with anyio.move_on_after(LEADER_CHECK):
+                await self._closed.wait()
+            async with self._lock:  # a long write in progress is itself proof of life
+                try:
+                    with anyio.fail_after(LEADER_CHECK * 3):
+                        await self._conn.fetchval("SELECT 1")
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    return
 
 
 async def _delete_streams(conn: Any, ehash: str, account_id: str | None, now: float) -> int:

@@ -7,6 +7,7 @@ consistent: each method is one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,12 +23,13 @@ import anyio.to_thread
 import sqlite_utils
 
 from gateway.endpoints import endpoint_hash
-from gateway.exceptions import StoreError, StreamCapReached
+from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import stream_info as _stream_info
-from gateway.store.base import DeadLetter, Outcome, StreamInfo
+from gateway.store.base import DeadLetter, Lease, Outcome, StreamInfo
+from gateway.store.boundary import StoreStatus, guard_calls
 
 T = TypeVar("T")
 
@@ -181,12 +183,38 @@ def utc_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
+# SQLite result codes (the primary code is the low byte of an extended one) that pass: another
+# process holds the lock past the busy timeout, the disk or max_page_count is full, I/O failed.
+SQLITE_FULL = 13
+TRANSIENT_CODES = frozenset({5, 6, 7, 10, 14, 15})  # BUSY, LOCKED, NOMEM, IOERR, CANTOPEN, PROTOCOL
+REFUSED_CODES = frozenset({18, 19, 20, 25})  # TOOBIG, CONSTRAINT, MISMATCH, RANGE
+
+
+@guard_calls
 class SqliteStore:
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = time.time, busy_timeout: float = 30.0) -> None:
         self.path = path
         self._clock = clock
+        self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self.status = StoreStatus()
+
+    @staticmethod
+    def classify(exc: BaseException) -> StoreError | None:
+        """A driver error as the store boundary reports it (gateway/store/boundary.py)."""
+        if isinstance(exc, sqlite3.Error):
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code == SQLITE_FULL:
+                return StoreUnavailable(f"SQLite: {exc}", "storage_full")
+            if code in TRANSIENT_CODES:
+                return StoreUnavailable(f"SQLite: {exc}")
+            if code in REFUSED_CODES or isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+                return StoreRefused(f"SQLite refused the data: {exc}")
+            return None
+        if isinstance(exc, OverflowError):  # a Python int past SQLite's 64 bits
+            return StoreRefused(f"SQLite refused the data: {exc}")
+        return None
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -201,10 +229,12 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")  # may fail too (busy, full), leaving the transaction open
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite has already rolled back after some errors (SQLITE_FULL)
+                    with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
         return await self._run(run)
@@ -213,7 +243,9 @@ class SqliteStore:
         def connect() -> sqlite3.Connection:
             if self.path != ":memory:":
                 _create_private(Path(self.path))
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout
+            )
             conn.row_factory = sqlite3.Row
             db = sqlite_utils.Database(conn)
             _enable_wal(conn)
@@ -250,7 +282,16 @@ class SqliteStore:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        """Probe a write: the lock is free (not busy past the timeout) and a new page fits (not full).
+        Rolled back: nothing stays."""
+
+        def probe(c: sqlite3.Connection) -> None:
+            page = c.execute("PRAGMA page_size").fetchone()[0]
+            c.execute("INSERT INTO cursors VALUES ('~probe', hex(zeroblob(?)), 0)", (page,))
+            raise _ProbeDone
+
+        with contextlib.suppress(_ProbeDone):
+            await self._tx(probe)
 
     # --- streams --------------------------------------------------------------------------
 
@@ -342,6 +383,7 @@ class SqliteStore:
         policy: MatchPolicy,
         *,
         cursor: tuple[str, str] | None = None,
+        lease: Lease | None = None,  # unused: a SQLite leadership lasts as long as its process
     ) -> IngestResult:
         now = self._clock()
         day = utc_day(now)
@@ -641,6 +683,10 @@ class SqliteStore:
             return int(n)
 
         return await self._tx(run)
+
+
+class _ProbeDone(Exception):
+    """Rolls the readiness probe's transaction back."""
 
 
 class _SoleLease:
