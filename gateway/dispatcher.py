@@ -38,7 +38,8 @@ PAYLOAD_CACHE = 4096  # payloads kept for the other streams of the same event
 CLAIM_BATCH_MIN = 16  # with a backlog, wait for this many free slots before claiming...
 CLAIM_GATHER = 0.005  # ...but no longer than this (seconds)
 STORE_RETRY_INITIAL = 0.1  # seconds before asking an unavailable store again...
-STORE_RETRY_MAX = 5.0  # ...doubling up to this
+STORE_RETRY_MAX = 2.0  # ...doubling up to this for claims,
+RECORD_RETRY_MAX = 0.5  # and to this for outcomes: recorded before their leases end and others claim them
 SHUTDOWN_FLUSH = 5.0  # seconds a stopping dispatcher gives the store to take its last outcomes
 
 
@@ -161,8 +162,8 @@ class Dispatcher:
                     len(self._outcomes),
                 )
 
-    def _store_pauses(self) -> Iterator[float]:
-        return backoff_delays(STORE_RETRY_INITIAL, STORE_RETRY_MAX, self._rng)
+    def _store_pauses(self, maximum: float = STORE_RETRY_MAX) -> Iterator[float]:
+        return backoff_delays(STORE_RETRY_INITIAL, maximum, self._rng)
 
     async def _room(self) -> None:
         while self._free <= 0:
@@ -243,7 +244,7 @@ class Dispatcher:
     async def _write_outcomes(self) -> None:
         """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push;
         while the store is unavailable, the same outcomes again after a growing pause."""
-        pauses = self._store_pauses()
+        pauses = self._store_pauses(RECORD_RETRY_MAX)
         while True:
             await self._outcomes_waiting.wait()
             await anyio.sleep(FLUSH_WINDOW)
@@ -251,7 +252,7 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 recorded = await self._flush_outcomes()
             if recorded:
-                pauses = self._store_pauses()
+                pauses = self._store_pauses(RECORD_RETRY_MAX)
             else:
                 await anyio.sleep(next(pauses))
                 self._outcomes_waiting.set()

@@ -133,6 +133,9 @@ TRANSIENT_ERRORS = (
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory
     asyncpg.TransactionRollbackError,  # class 40: serialization failure, deadlock
     asyncpg.ReadOnlySQLTransactionError,
+    # asyncpg's protocol on a connection the server just terminated ("cannot switch to state ...;
+    # another operation is in progress"); the pool discards that connection when it is released.
+    asyncpg.InternalClientError,
 )
 # Data the server (or asyncpg, encoding it) will never take: out of range, invalid text, too big.
 REFUSED_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
