@@ -25,8 +25,9 @@ from gateway.models import NotificationRow
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import INGEST_TOKEN, RunningGateway, row
 from tests.fakepush import FakePushService, Reply, Subscription
-from tests.fakesources import wait_until
+from tests.fakesources import GraphQLWsServer, wait_until
 from tests.test_e2e import subscribe
+from tests.test_watchers import queryapi
 from watchers.decode import event_from_row
 
 AUTH = {"Authorization": f"Bearer {INGEST_TOKEN}"}
@@ -189,3 +190,40 @@ def test_an_outcome_the_store_could_not_record_is_kept_and_the_push_is_not_sent_
     assert pushed(fake_push, bob) == Counter({1: 1})
     [(attempts,)] = gw.query("SELECT attempts FROM deliveries")
     assert attempts == 1
+
+
+# --- watchers ------------------------------------------------------------------------------------
+
+
+def test_a_watcher_holds_its_frame_through_a_store_outage_on_the_same_connection(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    """Paused, not reconnected: the frame that arrived while the store was locked is stored when the
+    lock goes, the cursor moves once, and the source sees one session from start to end."""
+    source = GraphQLWsServer([row(1, blockHeight=130000001)])
+    try:
+        gw = start_gateway(
+            storage={"busy_timeout": 0.2},
+            admin={"token": "adm"},
+            watchers=[queryapi(source.url)],
+            matching={"max_per_endpoint_per_day": 0},
+        )
+        bob = subscribe(gw, fake_push, "bob.near")
+        fake_push.wait_count(bob, 1)
+
+        def state() -> dict[str, Any]:
+            return dict(gw.http.get("/healthz").json()["watchers"]["queryapi"])
+
+        with write_lock_held(gw.db_path):
+            source.add_rows([row(n, blockHeight=130000000 + n) for n in (2, 3)])
+            assert wait_until(lambda: state()["store_paused"], 10)
+            overview = gw.http.get("/admin/api/overview", headers={"Authorization": "Bearer adm"}).json()
+            assert overview["store"]["state"] == "unavailable" and overview["watchers"]["queryapi"]["store_paused"]
+            assert "gateway_watcher_store_paused" in gw.http.get("/metrics").text
+        fake_push.wait_count(bob, 3)
+        assert pushed(fake_push, bob) == Counter({1: 1, 2: 1, 3: 1})
+        final = state()
+        assert not final["store_paused"] and final["store_pauses"] == 1
+        assert final["reconnects"] == 0 and len(source.sessions) == 1 and final["cursor"] == "130000003"
+    finally:
+        source.close()
