@@ -248,7 +248,10 @@ def decode_social_set(
         if not isinstance(index, dict) or "notify" not in index:
             continue  # a set without notify
         for n, entry in enumerate(notify_entries(index["notify"])):
-            key = entry.get("key") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict):  # malformed, whoever it was meant for
+                out.faults.append(Fault("bad_notify", "notify entry is not an object"))
+                continue
+            key = entry.get("key")
             if receivers is not None and not (isinstance(key, str) and key in receivers):
                 continue
             try:
