@@ -109,11 +109,12 @@ class RejectedRow(BaseModel):
 
 
 class PartlyIngestedBody(ErrorBody):
-    """400 from POST /events when some rows were refused: ``code`` and ``message`` are the first
-    refused row's; the other rows were ingested as ``accepted`` says (sending them again is safe)."""
+    """400 from POST /events. When a list had bad rows: ``code`` and ``message`` are the first bad
+    row's, ``rejected`` lists each, and the other rows were ingested as ``accepted`` says (sending
+    the list again is safe). Other 400s (the body itself is bad) have neither field."""
 
-    rejected: list[RejectedRow]
-    accepted: IngestBody
+    rejected: list[RejectedRow] | None = None
+    accepted: IngestBody | None = None
 
 
 # 503: the store is unavailable (store_unavailable, storage_full) or a dependency is (rpc_unavailable).
