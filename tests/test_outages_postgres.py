@@ -385,3 +385,49 @@ reconnect_max_delay = 0.5
             assert p.terminate() == 0
     finally:
         source.close()
+
+
+def local_cluster() -> tuple[str, str] | None:
+    """(version, name) of the Debian PostgreSQL cluster serving the test database, when this machine
+    has one and we may restart it (root); None otherwise."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("pg_lsclusters") is None:
+        return None
+    port = str(httpx.URL(POSTGRES_URL).port or 5432)
+    listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False).stdout
+    for line in listed.splitlines():
+        version, name, cluster_port, status, *_ = line.split()
+        if cluster_port == port and status == "online" and httpx.URL(POSTGRES_URL).host in ("127.0.0.1", "localhost"):
+            return version, name
+    return None
+
+
+@pytest.mark.slow
+def test_serve_rides_through_a_real_server_restart(
+    pg_schema: str, start_gateway: Any, fake_push: FakePushService
+) -> None:
+    import subprocess
+
+    cluster = local_cluster()
+    if cluster is None:
+        pytest.skip("no local Debian PostgreSQL cluster this user may restart (pg_ctlcluster, root)")
+    gw = start_gateway(
+        storage={"url": f"{POSTGRES_URL}?schema={pg_schema}", "connect_timeout": 1.0, "command_timeout": 5.0},
+        push={"concurrency": 8, "claim_lease": 5.0},
+        matching={"max_per_endpoint_per_day": 0},
+    )
+    subs = [subscribe(gw, fake_push, "bob.near") for _ in range(2)]
+    feeder = Feeder(gw.url, 80)
+    assert wait_until(lambda: len(feeder.accepted) >= 20, 30)
+    subprocess.run(["pg_ctlcluster", *cluster, "restart", "-m", "fast"], check=True, timeout=60)
+    feeder.thread.join(60)
+    assert feeder.accepted == list(range(1, 81))
+    assert fake_push.wait_for(lambda: len(pairs(fake_push, subs)) == 160, timeout=30), len(pairs(fake_push, subs))
+    repeated = sum(n - 1 for n in pairs(fake_push, subs).values())
+    print(f"refused during the restart: {dict(feeder.refused)}; pushes repeated: {repeated}")
+    assert repeated <= 8
+    assert not gw._future.done()
+    assert gw.http.get("/healthz").json()["store"]["outages"] >= 1
