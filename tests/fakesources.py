@@ -21,6 +21,22 @@ from websockets.exceptions import ConnectionClosed
 
 TABLE = "dataplatform_near_notifications_notifications_stream"
 
+# Poison a fake can be asked to send. json.dumps cannot write JSON nested 5,000 deep (it recurses), so
+# rows are written with DEEP_MARK where the nesting goes and poison_json splices the text in.
+DEEP = "[" * 5000 + "]" * 5000
+DEEP_MARK = "<nested 5,000 deep>"
+LONG_ACCOUNT = "r" * 10000 + ".near"
+
+
+def poison_json(value: Any) -> str:
+    """``value`` as JSON text, with DEEP in place of every string DEEP_MARK."""
+    return json.dumps(value).replace(json.dumps(DEEP_MARK), DEEP)
+
+
+def _rows_json(rows: list[dict[str, Any]]) -> str:
+    """A JSON list of rows; a row added as raw text (``_raw``) goes out as exactly that text."""
+    return "[" + ",".join(r["_raw"] if "_raw" in r else json.dumps(r) for r in rows) + "]"
+
 
 class _LoopServer:
     """A websockets server on its own event loop thread."""
@@ -111,6 +127,7 @@ class GraphQLWsServer:
         self.garbage: list[str] = []  # sent once, right after the first data frame of the next connection
         self.error_after_frames: int | None = None  # send an error frame after N data frames (once)
         self.silent_sessions = 0  # this many upcoming connections go quiet after the ack (a dead peer)
+        self.raw_frames: list[str] = []  # sent as they are, once, before the rows of the next connection
         self.gate = Gate()
         self._server = _LoopServer(self._handle, subprotocols=["graphql-ws"])
         self.url = f"ws://127.0.0.1:{self._server.port}/v1/graphql"
@@ -143,7 +160,10 @@ class GraphQLWsServer:
         batch = int(re.search(r"batch_size: (\d+)", query).group(1))  # type: ignore[union-attr]
         drop_after = self.drop_after_frames.pop(0) if self.drop_after_frames else None
         garbage, self.garbage = self.garbage, []
+        raw_frames, self.raw_frames = self.raw_frames, []
         await self.gate.wait()
+        for text in raw_frames:
+            await ws.send(text)
         sent_frames = 0
         position = session["from"]
         sent_keys: set[Any] = set()
@@ -215,6 +235,15 @@ class ActionsServer:
         """A new block with these actions: stored, and sent live to every client whose filter matches."""
         self.actions.extend(actions)
         self._server.call(lambda: asyncio.ensure_future(self._broadcast(actions)))
+
+    def push_frame(self, text: str) -> None:
+        """A live frame of exactly this text to every client (unfiltered: a frame json.dumps cannot write)."""
+        self._server.call(lambda: asyncio.ensure_future(self._send_all(text)))
+
+    async def _send_all(self, text: str) -> None:
+        for ws, _, _ in list(self._clients):
+            with contextlib.suppress(Exception):
+                await ws.send(text)
 
     async def _broadcast(self, actions: list[dict[str, Any]]) -> None:
         for ws, flt, secret in list(self._clients):
@@ -305,6 +334,13 @@ class SocialIndexServer:
             self.entries.setdefault(receiver, []).append({"accountId": initiator, "blockHeight": block, "value": value})
             self.entries[receiver].sort(key=lambda e: e["blockHeight"])
 
+    def add_raw(self, receiver: str, entries: list[tuple[int, str]]) -> None:
+        """Entries sent as exactly this JSON text, each served at its block; all added at once."""
+        with self._lock:
+            listed = self.entries.setdefault(receiver, [])
+            listed += [{"blockHeight": block, "_raw": text} for block, text in entries]
+            listed.sort(key=lambda e: e["blockHeight"])
+
     def requests_for(self, account: str) -> list[dict[str, Any]]:
         with self._lock:
             return [r for r in self.requests if r.get("key") == account]
@@ -334,7 +370,7 @@ class SocialIndexServer:
             if chosen and len(chosen) == limit:  # the page runs on to the end of its last block
                 last = chosen[-1]["blockHeight"]
                 chosen += [e for e in entries if e["blockHeight"] == last and e not in chosen]
-        _HttpServer.reply(h, 200, json.dumps(chosen).encode())
+        _HttpServer.reply(h, 200, _rows_json(chosen).encode())
 
 
 class JsonWsFeed:
@@ -343,6 +379,7 @@ class JsonWsFeed:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.subscribes: list[Any] = []
+        self.raw_frames: list[str] = []  # sent as they are, after the garbage frame and before the rows
         self.gate = Gate()
         self._server = _LoopServer(self._handle)
         self.url = f"ws://127.0.0.1:{self._server.port}/feed"
@@ -356,6 +393,8 @@ class JsonWsFeed:
         after = int(sub["params"]["from"])
         await self.gate.wait()
         await ws.send("this is not json")
+        for text in self.raw_frames:
+            await ws.send(text)
         for r in self.rows:
             if r["block"]["number"] >= after:
                 await ws.send(json.dumps({"channel": "notifications", "result": {"items": [r]}}))
@@ -375,12 +414,16 @@ class JsonHttpFeed:
     def close(self) -> None:
         self._http.close()
 
+    def add_raw(self, rows: list[tuple[int, str]]) -> None:
+        """Rows sent as exactly this JSON text, each served at its height."""
+        self.rows = self.rows + [{"height": height, "_raw": text} for height, text in rows]
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         self.paths.append(h.path)
         match = re.search(r"after=(\d+)", h.path)
         after = int(match.group(1)) if match else 0
         rows = [r for r in self.rows if r["height"] > after][:2] if self.gate.is_open() else []
-        _HttpServer.reply(h, 200, json.dumps({"data": {"rows": rows}}).encode())
+        _HttpServer.reply(h, 200, ('{"data": {"rows": ' + _rows_json(rows) + "}}").encode())
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

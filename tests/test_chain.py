@@ -566,7 +566,7 @@ def test_ft_mint_and_burn_rows() -> None:
     assert out.events[0].row["memo"] == "m"
 
 
-@pytest.mark.parametrize("amount", ["-1", "1.5", "1e3", "", "1" * 40, "5\n", 5, None])
+@pytest.mark.parametrize("amount", ["-1", "1.5", "1e3", "", "1" * 40, str(2**128), "5\n", 5, 2**63, None])
 def test_an_ft_amount_that_is_not_a_u128_string_is_a_bad_event(amount: Any) -> None:
     log = event_log("nep141", "ft_transfer", [{"old_owner_id": "a.near", "new_owner_id": "b.near", "amount": amount}])
     out = decode(block(1, [receipt("R1", "a.near", "tok.near", [], logs=[log])]))
@@ -717,6 +717,52 @@ def test_unknown_variants_are_counted_faults_and_do_not_stop_the_block() -> None
         "unknown_status",
     ]
     assert [e.row["receiptId"] for e in out.events] == ["R1", "R5"]
+
+
+@pytest.mark.parametrize("deposit", [str(2**128), "1" * 40, "-1", "1e3", 2**63, 5, None])
+def test_a_transfer_whose_deposit_is_not_a_u128_string_is_a_bad_action(deposit: Any) -> None:
+    out = decode(block(1, [receipt("R1", "a.near", "bob.near", [{"Transfer": {"deposit": deposit}}])]))
+    assert out.events == [] and [f.kind for f in out.faults] == ["bad_action"]
+
+
+def test_the_largest_u128_deposit_is_a_transfer() -> None:
+    largest = str(2**128 - 1)
+    row = only(decode(block(1, [receipt("R1", "a.near", "bob.near", [{"Transfer": {"deposit": largest}}])])))
+    assert row["amount"] == largest
+
+
+def test_an_action_that_is_not_one_is_a_bad_action_and_the_rest_of_its_receipt_counts() -> None:
+    log = event_log("nep141", "ft_transfer", [{"old_owner_id": "x.near", "new_owner_id": "bob.near", "amount": "1"}])
+    r = receipt("R1", "a.near", "bob.near", [42, {"Transfer": {"deposit": "1"}}, [1, 2]], logs=[log])
+    out = decode(block(1, [r]))
+    assert [f.kind for f in out.faults] == ["bad_action", "bad_action"]
+    assert sorted(e.value_type for e in out.events) == ["ft_transfer", "near_transfer"]
+
+
+def test_a_receipt_outcome_or_shard_not_of_its_shape_is_a_fault_and_the_rest_of_the_block_is_read() -> None:
+    good = receipt("R1", "a.near", "bob.near", [{"Transfer": {"deposit": "1"}}])
+    broken_outcome = receipt("R2", "a.near", "bob.near", [{"Transfer": {"deposit": "1"}}])
+    broken_outcome["execution_outcome"] = "not an outcome"
+    raw = block(1, [42, good, "not a row", broken_outcome])
+    raw["shards"] += [42, {"shard_id": 2, "receipt_execution_outcomes": {"not": "a list"}}]
+    raw["shards"].append(
+        {
+            "shard_id": 3,
+            "receipt_execution_outcomes": [receipt("R3", "a.near", "bob.near", [{"Transfer": {"deposit": "2"}}])],
+        }
+    )
+    out = decode(raw)
+    assert [f.kind for f in out.faults] == ["bad_receipt", "bad_receipt", "bad_receipt", "bad_shard", "bad_shard"]
+    assert [e.row["receiptId"] for e in out.events] == ["R1", "R3"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"block": {"header": {"height": "1"}}}', b'{"block": {"header": {"height": 1}}, "shards": 5}', b"[]"],
+)
+def test_a_block_whose_header_or_shards_are_not_of_their_shape_is_a_bad_block(body: bytes) -> None:
+    got, fault = parse_block(body)
+    assert got is None and fault is not None and fault.kind == "bad_block"
 
 
 def test_a_receipt_that_does_not_decode_is_a_bad_receipt_and_the_next_one_counts() -> None:

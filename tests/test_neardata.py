@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakeneardata import FakeNeardata, block, event_log, fixture_block, receipt
+from tests.fakeneardata import FakeNeardata, b64, block, event_log, fixture_block, receipt
 from tests.fakepush import FakePushService, Received, Subscription
-from tests.fakesources import ActionsServer, FakeNearRpc, wait_until
+from tests.fakesources import DEEP_MARK, LONG_ACCOUNT, ActionsServer, FakeNearRpc, poison_json, wait_until
 from tests.test_e2e import subscribe
 from tests.test_process import GatewayProcess, write_config
 
@@ -52,11 +52,22 @@ def neardata(url: str, rpc_url: str, **extra: Any) -> dict[str, Any]:
 
 
 def nft_block(height: int) -> dict[str, Any]:
-    sent = event_log("nep171", "nft_transfer", [{"old_owner_id": "alice.near", "new_owner_id": "carol.near",
-                                                 "token_ids": ["7"]}])
+    sent = event_log(
+        "nep171", "nft_transfer", [{"old_owner_id": "alice.near", "new_owner_id": "carol.near", "token_ids": ["7"]}]
+    )
     minted = event_log("nep171", "nft_mint", [{"owner_id": "carol.near", "token_ids": ["8", "9"]}])
-    return block(height, [receipt("RNFT", "alice.near", "x.paras.near", [{"FunctionCall": {
-        "method_name": "nft_transfer", "args": "e30=", "gas": 1, "deposit": "1"}}], logs=[sent, minted])])
+    return block(
+        height,
+        [
+            receipt(
+                "RNFT",
+                "alice.near",
+                "x.paras.near",
+                [{"FunctionCall": {"method_name": "nft_transfer", "args": "e30=", "gas": 1, "deposit": "1"}}],
+                logs=[sent, minted],
+            )
+        ],
+    )
 
 
 def by_type(fake: FakePushService, sub: Subscription) -> dict[str, list[Received]]:
@@ -243,15 +254,26 @@ def test_a_social_notification_seen_by_neardata_and_near_actions_is_pushed_once(
     social = fixture_block("200000000")
     chain.produce(H, social)
     like = next(
-        o for s in social["shards"] for o in s["receipt_execution_outcomes"]
+        o
+        for s in social["shards"]
+        for o in s["receipt_execution_outcomes"]
         if o["receipt"]["receipt_id"] == "FTz3kdN9KVV2ThYrpN1f44hDrJcaEg8BpoRfaTLL332A"
     )
     call = like["receipt"]["receipt"]["Action"]["actions"][0]
     action = {
-        "blockHeight": H, "blockHash": "h", "blockTimestampMs": 1767225600000, "shardId": 4,
-        "txHash": like["tx_hash"], "receiptId": like["receipt"]["receipt_id"], "signerId": "nearversedao.near",
-        "signerPublicKey": "ed25519:x", "accountId": "social.near", "predecessorId": "nearversedao.near",
-        "status": "SUCCESS", "actionIndex": 0, "action": call,
+        "blockHeight": H,
+        "blockHash": "h",
+        "blockTimestampMs": 1767225600000,
+        "shardId": 4,
+        "txHash": like["tx_hash"],
+        "receiptId": like["receipt"]["receipt_id"],
+        "signerId": "nearversedao.near",
+        "signerPublicKey": "ed25519:x",
+        "accountId": "social.near",
+        "predecessorId": "nearversedao.near",
+        "status": "SUCCESS",
+        "actionIndex": 0,
+        "action": call,
     }
     actions = ActionsServer([action])
     try:
@@ -275,11 +297,19 @@ def test_a_social_notification_seen_by_neardata_and_near_actions_is_pushed_once(
 def test_configured_nep297_event_becomes_a_notification_type(
     start_gateway: Any, fake_push: FakePushService, chain: FakeNeardata, rpc: FakeNearRpc
 ) -> None:
-    mt = event_log("nep245", "mt_transfer", [{"old_owner_id": "alice.near", "new_owner_id": "bob.near",
-                                              "token_ids": ["nep141:usdc"], "amounts": ["5"]}])
+    mt = event_log(
+        "nep245",
+        "mt_transfer",
+        [{"old_owner_id": "alice.near", "new_owner_id": "bob.near", "token_ids": ["nep141:usdc"], "amounts": ["5"]}],
+    )
     chain.produce(H, block(H, [receipt("RMT", "alice.near", "intents.near", [], logs=[mt])]))
-    rule = {"standard": "nep245", "event": "mt_transfer", "receiver_field": "new_owner_id",
-            "initiator_field": "old_owner_id", "contract": "intents.near"}
+    rule = {
+        "standard": "nep245",
+        "event": "mt_transfer",
+        "receiver_field": "new_owner_id",
+        "initiator_field": "old_owner_id",
+        "contract": "intents.near",
+    }
     gw = start_gateway(watchers=[neardata(chain.url, rpc.url, events=[rule])], matching={"max_per_endpoint_per_day": 0})
     bob = subscribe(gw, fake_push, "bob.near")
     (got,) = fake_push.wait_count(bob, 1)
@@ -364,12 +394,16 @@ def test_explorer_links_are_configurable_and_gateway_templates_win(
         watchers=[neardata(chain.url, rpc.url)],
         matching={"max_per_endpoint_per_day": 0},
         explorer={"transaction": "https://testnet.nearblocks.io/txns/{txHash}"},
-        gateways=[{"origin": "https://wallet.example", "links": {"near_transfer": "{gateway}/tx/{txHash}/{receiptId}"}}],  # noqa: E501
+        gateways=[
+            {"origin": "https://wallet.example", "links": {"near_transfer": "{gateway}/tx/{txHash}/{receiptId}"}}
+        ],
     )
     bob = subscribe(gw, fake_push, "bob.near")
     wallet = fake_push.subscribe()
-    r = gw.post("/subscriptions/create", {"accountId": "bob.near", "gateway": "https://wallet.example",
-                                          "subscription": wallet.as_json()})
+    r = gw.post(
+        "/subscriptions/create",
+        {"accountId": "bob.near", "gateway": "https://wallet.example", "subscription": wallet.as_json()},
+    )
     assert r.status_code == 201
     (social_gw,) = fake_push.wait_count(bob, 1)
     (own,) = fake_push.wait_count(wallet, 1)
@@ -428,7 +462,11 @@ def test_a_store_blip_while_reading_the_accounts_resumes_from_the_cursor_not_the
 
 
 def test_a_skipped_height_is_recovered_by_replay_once_the_limit_is_raised(
-    start_gateway: Any, fake_push: FakePushService, chain: FakeNeardata, rpc: FakeNearRpc, tmp_path: Path,
+    start_gateway: Any,
+    fake_push: FakePushService,
+    chain: FakeNeardata,
+    rpc: FakeNearRpc,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from gateway.cli import main
@@ -453,3 +491,80 @@ def test_a_skipped_height_is_recovered_by_replay_once_the_limit_is_raised(
     time.sleep(0.5)
     assert sorted(amounts(fake_push, bob)) == [H, H + 1]  # the lost block once, the other not again
     assert state(gw)["cursor"] == str(H + 1)  # the live cursor stays
+
+
+MT_RULE = {
+    "standard": "nep245",
+    "event": "mt_transfer",
+    "receiver_field": "new_owner_id",
+    "initiator_field": "old_owner_id",
+    "contract": "intents.near",
+}
+
+
+def test_neardata_poison_receipts_actions_and_events_are_counted_faults_and_the_block_is_still_read(
+    start_gateway: Any, fake_push: FakePushService, chain: FakeNeardata, rpc: FakeNearRpc
+) -> None:
+    def transfer(rid: str, deposit: Any, sender: str = "alice.near") -> dict[str, Any]:
+        return receipt(rid, sender, "bob.near", [{"Transfer": {"deposit": deposit}}])
+
+    big_ft = event_log(
+        "nep141", "ft_transfer", [{"old_owner_id": "alice.near", "new_owner_id": "bob.near", "amount": 2**63}]
+    )
+    deep_notify = poison_json({"key": "bob.near", "value": {"type": DEEP_MARK}})
+    deep_set = {
+        "FunctionCall": {
+            "method_name": "set",
+            "args": b64({"data": {"carol.near": {"index": {"notify": deep_notify}}}}),
+            "gas": 1,
+            "deposit": "0",
+        }
+    }
+    deep_event = "EVENT_JSON:" + poison_json(
+        {
+            "standard": "nep245",
+            "version": "1.0.0",
+            "event": "mt_transfer",
+            "data": [
+                {
+                    "old_owner_id": "alice.near",
+                    "new_owner_id": "bob.near",
+                    "token_ids": ["nep141:usdc"],
+                    "amounts": DEEP_MARK,
+                }
+            ],
+        }
+    )
+    with_42 = receipt("RG", "alice.near", "bob.near", [42, {"Transfer": {"deposit": "3"}}])
+    chain.produce(
+        H,
+        block(
+            H,
+            [
+                transfer("RA", "1"),
+                transfer("RB", "2", sender=LONG_ACCOUNT),  # a 10,000-character account: no row can hold it
+                transfer("RC", str(2**128)),  # not a u128
+                receipt("RD", "alice.near", "token.near", [], logs=[big_ft]),  # an ft amount past 2^63, as a number
+                receipt("RE", "carol.near", "social.near", [deep_set]),  # a notify nested 5,000 deep
+                receipt("RF", "alice.near", "intents.near", [], logs=[deep_event]),  # an event nested 5,000 deep
+                42,  # receipt outcomes that are not objects
+                "not a row",
+                with_42,  # an action that is not one, before a good transfer of the same receipt
+                transfer("RH", "4"),
+            ],
+        ),
+    )
+    chain.produce(H + 1, block(H + 1, [transfer("RI", "5")]))
+    gw = start_gateway(
+        watchers=[neardata(chain.url, rpc.url, events=[MT_RULE])], matching={"max_per_endpoint_per_day": 0}
+    )
+    bob = subscribe(gw, fake_push, "bob.near")
+    fake_push.wait_count(bob, 4)
+    assert wait_until(lambda: state(gw)["cursor"] == str(H + 1))
+    time.sleep(0.3)  # nothing more comes
+    assert sorted(amounts(fake_push, bob)) == [1, 3, 4, 5]  # each once
+    assert {r.payload["valueType"] for r in fake_push.for_sub(bob)} == {"near_transfer"}
+    s = state(gw)
+    assert s["faults"] == {"bad_row": 3, "bad_action": 2, "bad_event": 1, "bad_receipt": 2}
+    assert s["skipped_heights"] == 0 and s["reconnects"] == 0
+    assert chain.block_requests(H) == 1  # read once: not retried, not skipped

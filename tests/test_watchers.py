@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +13,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, row
 from tests.fakepush import FakePushService, Subscription
 from tests.fakesources import (
+    DEEP_MARK,
+    LONG_ACCOUNT,
     TABLE,
     ActionsServer,
     GraphQLWsServer,
     JsonHttpFeed,
     JsonWsFeed,
     SocialIndexServer,
+    poison_json,
     wait_until,
 )
 from tests.test_e2e import subscribe
@@ -148,8 +152,9 @@ def actions_fixture() -> list[list[dict[str, Any]]]:
     return [json.loads(line)["actions"] for line in fixture_path("near-actions-ws.jsonl").read_text().splitlines()]
 
 
-def set_call(receipt: str, signer: str, block: int, notify: Any) -> dict[str, Any]:
-    args = {"data": {signer: {"index": {"notify": json.dumps(notify)}}}}
+def set_call(receipt: str, signer: str, block: int, notify: Any, *, notify_text: str | None = None) -> dict[str, Any]:
+    """A SocialDB set call with this notify value (or this exact notify text)."""
+    args = {"data": {signer: {"index": {"notify": json.dumps(notify) if notify_text is None else notify_text}}}}
     return {
         "blockHeight": block,
         "blockHash": "h",
@@ -418,25 +423,281 @@ def test_actions_stream_survives_garbage(start_gateway: Any, fake_push: FakePush
         server.close()
 
 
-def test_a_poison_row_is_a_counted_fault_and_the_good_rows_after_it_are_delivered(
+# --- poison rows (issue 15): each kind, its poison beside good rows in one frame or page -------------
+#
+# The poison: a block height past what the store and JSON.parse hold (2^63), a 10,000-character
+# account, a row nested 5,000 deep (read without recursion, then refused for its depth) and a row that
+# is not an object. Each must be one counted fault: the good rows beside it are delivered once, the
+# cursor moves on, and the source is not reconnected over it.
+
+
+def test_queryapi_poison_rows_are_counted_faults_and_the_good_rows_beside_them_are_delivered(
     start_gateway: Any, fake_push: FakePushService
 ) -> None:
-    from tests.conftest import row
-
-    rows = [
-        row(1, blockHeight=130000001),
-        row(2, receiver="nobody.near", blockHeight=2**63),  # no store can hold it: it once wedged the watcher
-        row(3, blockHeight=130000002, message="m" * 5000),
-        *(row(n, blockHeight=130000000 + n) for n in range(4, 9)),
-    ]
-    graphql = GraphQLWsServer(rows)
+    poison_frame = {
+        "type": "data",
+        "id": "notifications",
+        "payload": {
+            "data": {
+                TABLE: [
+                    row(1, blockHeight=130000001),
+                    row(2, blockHeight=2**63),  # no store can hold it: it once wedged the watcher
+                    row(3, receiver=LONG_ACCOUNT, blockHeight=130000001),
+                    {**row(4, blockHeight=130000001), "extra": DEEP_MARK},
+                    "not a row",
+                    42,
+                    row(5, blockHeight=130000002, message="m" * 5000),  # over the 4 KiB a push holds
+                    row(6, blockHeight=130000002),
+                ]
+            }
+        },
+    }
+    graphql = GraphQLWsServer([row(n, blockHeight=130000000 + n) for n in range(7, 10)])
+    graphql.raw_frames = [poison_json(poison_frame)]  # one frame, before the rows 7..9
+    graphql.gate.close()
     try:
         gw = start_gateway(watchers=[queryapi(graphql.url)], matching={"max_per_endpoint_per_day": 0})
         bob = subscribe(gw, fake_push, "bob.near")
-        fake_push.wait_count(bob, 6)
-        assert sorted(pushed_ids(fake_push, bob)) == [1, 4, 5, 6, 7, 8]
+        graphql.gate.open()
+        fake_push.wait_count(bob, 5)
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["queryapi"]["cursor"] == "130000009")
+        assert sorted(pushed_ids(fake_push, bob)) == [1, 6, 7, 8, 9]  # each once
         state = gw.http.get("/healthz").json()["watchers"]["queryapi"]
-        assert state["faults"]["bad_row"] == 2 and state["cursor"] == "130000008"
-        assert len(graphql.sessions) == 1  # never a reconnect over it
+        assert state["faults"] == {"bad_row": 6}
+        assert state["reconnects"] == 0 and len(graphql.sessions) == 1  # never a reconnect over them
     finally:
         graphql.close()
+
+
+def test_actions_poison_rows_are_counted_faults_and_the_good_rows_beside_them_are_delivered(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    poke = {"key": "bob.near", "value": {"type": "poke"}}
+    deep_args = set_call("R35", "carol.near", 130000030, poke)
+    deep_args["action"] = {"FunctionCall": {"method_name": "set", "args": DEEP_MARK, "gas": 1, "deposit": "0"}}
+    poison_frame = {
+        "secret": "gateway",
+        "actions": [
+            set_call("R30", "carol.near", 130000030, poke),
+            set_call("R31", "carol.near", 2**63, poke),
+            set_call("R32", "carol.near", 130000030, {"key": LONG_ACCOUNT, "value": {"type": "poke"}}),
+            # a notify nested 5,000 deep (anyone can write one), and a frame nested as deep
+            set_call(
+                "R33",
+                "carol.near",
+                130000030,
+                None,
+                notify_text=poison_json({"key": "bob.near", "value": {"type": DEEP_MARK}}),
+            ),
+            deep_args,
+            "not a row",
+            42,
+            set_call("R34", "carol.near", 130000031, poke),
+        ],
+    }
+    server = ActionsServer([])
+    try:
+        gw = start_gateway(watchers=[actions_watcher(server.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        # connected, and the fake's (empty) past frame read: live frames now reach the watcher
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["actions"]["seconds_since_last_frame"])
+        server.push_frame(poison_json(poison_frame))
+        fake_push.wait_count(bob, 2)
+        server.push_block([set_call("R40", "carol.near", 130000040, poke)])
+        fake_push.wait_count(bob, 3)
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["actions"]["cursor"] == "130000040")
+        time.sleep(0.3)  # nothing more comes
+        assert sorted(pushed_ids(fake_push, bob)) == ["R30:0:0", "R34:0:0", "R40:0:0"]
+        state = gw.http.get("/healthz").json()["watchers"]["actions"]
+        assert state["faults"] == {"bad_row": 3, "bad_action": 3}
+        assert state["reconnects"] == 0 and len(server.subscriptions) == 1
+    finally:
+        server.close()
+
+
+def index_entry(initiator: str, block: int, value: Any) -> str:
+    return poison_json({"accountId": initiator, "blockHeight": block, "value": value})
+
+
+def test_social_index_poison_entries_are_counted_faults_and_the_cursor_moves_past_them(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    index = SocialIndexServer()
+    poke = {"type": "poke"}
+    try:
+        gw = start_gateway(watchers=[social_watcher(index.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        assert wait_until(lambda: len(index.requests_for("bob.near")) >= 2)  # the cursor is set: polling from 1
+        # pages of 2, each running on to the end of its block: [zoe, 2^63], [two poison rows], [two more, wes], [vic]
+        index.add_raw(
+            "bob.near",
+            [
+                (130000010, index_entry("zoe.near", 130000010, poke)),
+                (130000010, index_entry("yan.near", 2**63, poke)),  # served in block 130000010, says 2^63
+                # a page of nothing but poison: the cursor must still move past it, or it is asked for forever
+                (130000011, index_entry(LONG_ACCOUNT, 130000011, poke)),
+                (130000011, index_entry("xia.near", 130000011, {"type": DEEP_MARK})),
+                (130000012, '"not a row"'),
+                (130000012, "42"),
+                (130000012, index_entry("wes.near", 130000012, poke)),
+                (130000013, index_entry("vic.near", 130000013, poke)),
+            ],
+        )
+        pushes = fake_push.wait_count(bob, 3)
+        assert sorted(p.payload["initiatedBy"] for p in pushes if p.payload) == ["vic.near", "wes.near", "zoe.near"]
+        assert wait_until(lambda: [r["options"].get("from") for r in index.requests_for("bob.near")][-1] == 130000014)
+        time.sleep(0.5)  # a few more polls of the newest: none goes back over the poison
+        froms = [r["options"].get("from") for r in index.requests_for("bob.near")[1:]]
+        assert [f for f in froms if f != 1] == [
+            130000011,
+            130000012,
+            130000013,
+            *([130000014] * froms.count(130000014)),
+        ]
+        state = gw.http.get("/healthz").json()["watchers"]["social"]
+        assert state["faults"] == {"bad_row": 5}  # each poison entry counted once: never read again
+        assert len(fake_push.for_sub(bob)) == 3
+    finally:
+        index.close()
+
+
+def feed_row(tx: str, block: int, to: str = "bob.near", **extra: Any) -> dict[str, Any]:
+    return {
+        "tx": tx,
+        "to": {"account": to},
+        "from": "eve.near",
+        "kind": "transfer",
+        "block": {"number": block},
+        **extra,
+    }
+
+
+def ws_feed_watcher(url: str) -> dict[str, Any]:
+    return {
+        "name": "chain-feed",
+        "kind": "websocket-json",
+        "url": url,
+        "start_cursor": "49",
+        "rows": "result.items",
+        "subscribe": {"method": "subscribe", "params": {"from": "{next}"}},
+        "mapping": {
+            "id": "tx",
+            "receiver": "to.account",
+            "initiator": "from",
+            "type": "kind",
+            "block_height": "block.number",
+            "item_path": "",
+        },
+        "read_timeout": 5.0,
+        **FAST,
+    }
+
+
+def test_websocket_feed_poison_rows_are_counted_faults_and_the_good_rows_beside_them_are_delivered(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    feed = JsonWsFeed([feed_row("0xc1", 60), feed_row("0xc2", 61)])
+    items = [
+        feed_row("0xb1", 50),
+        feed_row("0xb2", 2**63),
+        feed_row("0xb3", 51, to=LONG_ACCOUNT),
+        feed_row("0xb4", 51, extra=DEEP_MARK),
+        "not a row",
+        42,
+        feed_row("0xb5", 52),
+    ]
+    feed.raw_frames = [poison_json({"channel": "notifications", "result": {"items": items}})]
+    feed.gate.close()
+    try:
+        gw = start_gateway(watchers=[ws_feed_watcher(feed.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        feed.gate.open()
+        fake_push.wait_count(bob, 4)
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["chain-feed"]["cursor"] == "61")
+        assert sorted(p.payload["tx"] for p in fake_push.for_sub(bob) if p.payload) == ["0xb1", "0xb5", "0xc1", "0xc2"]
+        state = gw.http.get("/healthz").json()["watchers"]["chain-feed"]
+        assert state["faults"] == {"malformed_json": 1, "bad_row": 5}  # the fake's "this is not json", and these
+        assert state["reconnects"] == 0 and len(feed.subscribes) == 1
+    finally:
+        feed.close()
+
+
+def http_feed_watcher(url: str) -> dict[str, Any]:
+    return {
+        "name": "poll-feed",
+        "kind": "http-poll-json",
+        "url": f"{url}/rows?after={{cursor}}",
+        "interval": 0.2,
+        "rows": "data.rows",
+        "mapping": {
+            "id": "uid",
+            "receiver": "user",
+            "initiator": "",
+            "type": "event",
+            "block_height": "height",
+            "item_path": "",
+        },
+        **FAST,
+    }
+
+
+def feed_entry(uid: str, height: int, user: str = "bob.near", **extra: Any) -> str:
+    return poison_json({"uid": uid, "user": user, "event": "mention", "height": height, **extra})
+
+
+def test_http_feed_poison_rows_are_counted_faults_and_the_cursor_moves_past_them(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    feed = JsonHttpFeed([])
+    feed.gate.close()
+    # pages of 2 rows after the cursor: [n1, 2^63], [two poison rows], [not a row, n4], [42, n5], [n6]
+    feed.add_raw(
+        [
+            (1, feed_entry("n1", 1)),
+            (1, feed_entry("n2", 2**63)),  # served with n1, says 2^63
+            # a page of nothing but poison: the cursor must still move past it, or it is asked for forever
+            (2, feed_entry("n3", 2, user=LONG_ACCOUNT)),
+            (3, feed_entry("nd", 3, extra=DEEP_MARK)),
+            (4, '"not a row"'),
+            (4, feed_entry("n4", 4)),
+            (5, "42"),
+            (5, feed_entry("n5", 5)),
+            (6, feed_entry("n6", 6)),
+        ]
+    )
+    try:
+        gw = start_gateway(watchers=[http_feed_watcher(feed.url)], matching={"max_per_endpoint_per_day": 0})
+        bob = subscribe(gw, fake_push, "bob.near")
+        feed.gate.open()
+        fake_push.wait_count(bob, 4)
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["poll-feed"]["cursor"] == "6")
+        time.sleep(0.5)  # a few more polls of the newest
+        assert sorted(p.payload["uid"] for p in fake_push.for_sub(bob) if p.payload) == ["n1", "n4", "n5", "n6"]
+        asked = list(dict.fromkeys(p for p in feed.paths if p != "/rows?after=0"))
+        assert asked == [f"/rows?after={n}" for n in (1, 3, 4, 5, 6)]  # past the poison rows, never back
+        state = gw.http.get("/healthz").json()["watchers"]["poll-feed"]
+        assert state["faults"] == {"bad_row": 5}
+        assert state["reconnects"] == 0
+    finally:
+        feed.close()
+
+
+def test_social_index_a_full_page_the_cursor_cannot_move_past_is_asked_again_at_the_interval_not_at_once(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    index = SocialIndexServer()
+    try:
+        gw = start_gateway(
+            watchers=[{**social_watcher(index.url), "interval": 1.0}], matching={"max_per_endpoint_per_day": 0}
+        )
+        subscribe(gw, fake_push, "bob.near")
+        assert wait_until(lambda: len(index.requests_for("bob.near")) >= 2)
+        index.add_raw("bob.near", [(130000010, '"not a row"'), (130000010, "42")])  # full, and no height in it
+        assert wait_until(lambda: gw.http.get("/healthz").json()["watchers"]["social"]["faults"].get("bad_row"))
+        before = len(index.requests_for("bob.near"))
+        time.sleep(2.0)
+        asked = len(index.requests_for("bob.near")) - before
+        # once a second (the interval), not at every scheduling round (0.2 s) for the same page
+        assert asked <= 3, asked
+    finally:
+        index.close()

@@ -35,6 +35,8 @@ MAX_ERROR_CHARS = 300
 MAX_MEMO_CHARS = 200
 MAX_EVENT_DATA_BYTES = 2048  # a configured event's `data` entry is kept in the row up to this size
 U128 = re.compile(r"^[0-9]{1,39}\Z")  # \Z: "$" would also take a trailing newline
+# What decoding a receipt or an action of any shape may raise (deep JSON: RecursionError)
+DECODE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, binascii.Error, RecursionError)
 # Receipt and action variants that carry no activity of ours: known, so not counted as faults.
 QUIET_RECEIPTS = frozenset({"Data", "GlobalContractDistribution"})
 QUIET_ACTIONS = frozenset(
@@ -107,7 +109,20 @@ class _Envelope(msgspec.Struct):
     shards: list[_Shard] | None = None
 
 
+class _LooseShard(msgspec.Struct):
+    shard_id: Any = None
+    receipt_execution_outcomes: Any = None
+
+
+class _LooseEnvelope(msgspec.Struct):
+    """A block read again when a part of it is not of its shape: the shards as they come."""
+
+    block: _BlockPart
+    shards: Any = None
+
+
 _DECODER = msgspec.json.Decoder(_Envelope | None)
+_LOOSE_DECODER = msgspec.json.Decoder(_LooseEnvelope | None)
 
 
 @dataclass(frozen=True)
@@ -116,30 +131,69 @@ class Block:
     hash: str | None
     time: float | None  # epoch seconds, from timestamp_nanosec (``timestamp`` overflows a double's precision)
     shards: list[_Shard]
+    faults: tuple[Fault, ...] = ()  # parts that were not of their shape (a receipt outcome that is 42), left out
 
 
 def parse_block(body: bytes) -> tuple[Block | None, Fault | None]:
-    """A block from an answer's body; (None, None) for ``null``, a skipped height."""
+    """A block from an answer's body; (None, None) for ``null``, a skipped height. A shard or receipt
+    outcome that is not of its shape is left out as a fault of the block; the rest is read."""
     try:
         envelope = _DECODER.decode(body)
+    except msgspec.ValidationError:  # well-formed JSON, some part of it not of its shape
+        return _parse_loose(body)
     except msgspec.DecodeError as exc:
         return None, Fault("malformed_json", str(exc)[:120])
-    except msgspec.ValidationError as exc:
-        return None, Fault("bad_block", str(exc)[:120])
     except RecursionError:  # msgspec raises it, not DecodeError, for nesting past the interpreter's limit
         return None, Fault("malformed_json", "JSON nested too deeply")
     if envelope is None:
         return None, None
-    header = envelope.block.header
-    return (
-        Block(
-            height=header.height,
-            hash=header.hash if isinstance(header.hash, str) else None,
-            time=_block_time(header),
-            shards=envelope.shards or [],
-        ),
-        None,
+    return _block(envelope.block.header, envelope.shards or []), None
+
+
+def _block(header: _Header, shards: list[_Shard], faults: tuple[Fault, ...] = ()) -> Block:
+    return Block(
+        height=header.height,
+        hash=header.hash if isinstance(header.hash, str) else None,
+        time=_block_time(header),
+        shards=shards,
+        faults=faults,
     )
+
+
+def _parse_loose(body: bytes) -> tuple[Block | None, Fault | None]:
+    """The block read part by part (only for a block the typed decoder refused: it is slower), so
+    one receipt outcome that is not one does not lose the block's other receipts."""
+    try:
+        envelope = _LOOSE_DECODER.decode(body)
+    except msgspec.DecodeError as exc:  # the header itself is not one: this is no block
+        return None, Fault("bad_block", str(exc)[:120])
+    except RecursionError:
+        return None, Fault("malformed_json", "JSON nested too deeply")
+    if envelope is None:
+        return None, None
+    raw_shards = [] if envelope.shards is None else envelope.shards
+    if not isinstance(raw_shards, list):
+        return None, Fault("bad_block", "shards is not a list")
+    shards: list[_Shard] = []
+    faults: list[Fault] = []
+    for i, raw in enumerate(raw_shards):
+        try:
+            loose = msgspec.convert(raw, _LooseShard)
+        except msgspec.ValidationError as exc:
+            faults.append(Fault("bad_shard", f"shard {i}: {str(exc)[:100]}"))
+            continue
+        raw_outcomes = [] if loose.receipt_execution_outcomes is None else loose.receipt_execution_outcomes
+        if not isinstance(raw_outcomes, list):
+            faults.append(Fault("bad_shard", f"shard {i}: receipt_execution_outcomes is not a list"))
+            continue
+        outcomes: list[_ReceiptOutcome] = []
+        for j, outcome in enumerate(raw_outcomes):
+            try:
+                outcomes.append(msgspec.convert(outcome, _ReceiptOutcome))
+            except msgspec.ValidationError as exc:
+                faults.append(Fault("bad_receipt", f"shard {i} outcome {j}: {str(exc)[:100]}"))
+        shards.append(_Shard(shard_id=loose.shard_id, receipt_execution_outcomes=outcomes))
+    return _block(envelope.block.header, shards, tuple(faults)), None
 
 
 def _block_time(header: _Header) -> float | None:
@@ -228,15 +282,20 @@ def decode_block(
     events: Sequence[ChainEventSettings] = (),
 ) -> Decoded:
     """The notifications one block holds for ``accounts``; a receipt that does not decode is a fault."""
-    out = Decoded("block", max_block_time=block.time)
+    out = Decoded("block", faults=list(block.faults), max_block_time=block.time)
     for shard in block.shards:
         for outcome in shard.receipt_execution_outcomes or ():
             try:
                 _decode_receipt(block, outcome, source, accounts, social_contract, events, out)
-            except (TypeError, ValueError, KeyError, AttributeError, IndexError, binascii.Error, RecursionError) as exc:
+            except DECODE_ERRORS as exc:
                 out.faults.append(Fault("bad_receipt", f"{type(exc).__name__}: {str(exc)[:120]}"))
     out.max_block_height = block.height
     return out
+
+
+def is_u128(value: Any) -> bool:
+    """A u128 as NEAR writes it: a string of ASCII digits below 2^128."""
+    return isinstance(value, str) and U128.match(value) is not None and int(value) < 2**128
 
 
 def _variant(value: Any) -> tuple[str, Any]:
@@ -290,7 +349,10 @@ def _decode_receipt(
         out.faults.append(Fault("unknown_status", f"status {status_kind[:40]}"))
         return
     for index, action in enumerate(actions):
-        _action(ctx, index, action, social_contract)
+        try:
+            _action(ctx, index, action, social_contract)
+        except DECODE_ERRORS as exc:  # one action that is not one: the others of the receipt still count
+            out.faults.append(Fault("bad_action", f"action {index}: {type(exc).__name__}: {str(exc)[:100]}"))
     logs = executed.logs if isinstance(executed.logs, list) else []
     emitter = executed.executor_id if isinstance(executed.executor_id, str) else ctx.receiver
     for line in logs:
@@ -302,7 +364,11 @@ def _action(ctx: _Receipt, index: int, action: Any, social_contract: str) -> Non
     name, body = _variant(action)
     if name == "Transfer":
         deposit = body.get("deposit")
-        if ctx.predecessor != SYSTEM and isinstance(deposit, str) and U128.match(deposit) and deposit != "0":
+        if ctx.predecessor == SYSTEM:
+            return
+        if not is_u128(deposit):
+            ctx.out.faults.append(Fault("bad_action", "Transfer deposit is not a u128 string"))
+        elif int(deposit) != 0:
             ctx.add("near_transfer", ctx.receiver, ctx.predecessor, amount=deposit)
     elif name == "AddKey":
         access = body.get("access_key") or {}
@@ -426,7 +492,7 @@ def _token_row(
     fields: dict[str, Any] = {"token": token}
     if value_type.startswith("ft_"):
         amount = entry.get("amount")
-        if not (isinstance(amount, str) and U128.match(amount)):
+        if not is_u128(amount):
             ctx.out.faults.append(Fault("bad_event", f"{value_type} amount is not a u128 string"))
             return
         fields["amount"] = amount

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.models import Event, NotificationRow, loads_json
+from gateway.models import MAX_SAFE_INTEGER, Event, NotificationRow, loads_json
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Decoded:
     events: list[Event] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # error messages the server sent
+    # how far the frame or page reached: its events, and the rows refused that say a usable height
+    # (the cursor moves past a poison row, so a page of them is not asked for again and again)
     max_block_height: int | None = None
     max_block_time: float | None = None  # epoch seconds of that block, when the source says
 
@@ -41,6 +43,12 @@ class Decoded:
         self.events.append(event)
         if event.block_height is not None:
             self.max_block_height = max(self.max_block_height or 0, event.block_height)
+
+    def reached(self, height: Any) -> None:
+        """A refused row's height counts when a cursor can hold it (an integer within 2^53): one
+        claiming 2^63 does not throw the cursor past every row still to come."""
+        if isinstance(height, int) and not isinstance(height, bool) and 0 <= height <= MAX_SAFE_INTEGER:
+            self.max_block_height = max(self.max_block_height or 0, height)
 
 
 def near_event_key(row: Mapping[str, Any]) -> str:
@@ -90,6 +98,8 @@ def _validated(raw: Any, source: str, out: Decoded, *, near_key: bool = True) ->
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "row"
         out.faults.append(Fault("bad_row", f"{where}: {first['msg']}"))
+        if isinstance(raw, dict):
+            out.reached(raw.get("blockHeight"))
 
 
 def parse_json(text: str | bytes) -> tuple[Any, Fault | None]:
@@ -283,6 +293,7 @@ def decode_social_index_page(payload: Any, *, source: str, receiver: str) -> Dec
             raw = row_from_notify(row_id, initiator, entry["blockHeight"], receiver, value)
         except ValueError as exc:
             out.faults.append(Fault("bad_row", str(exc)))
+            out.reached(entry["blockHeight"])
             continue
         _validated(raw, source, out)
     return out

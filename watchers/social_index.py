@@ -103,4 +103,6 @@ class SocialIndexWatcher(Watcher):
         height = decoded.max_block_height
         cursor = str(height) if height is not None and height > last else None
         await self.accept(decoded, cursor_key=self._key(account), cursor=cursor)
-        return isinstance(page, list) and len(page) >= s.limit
+        # a full page is followed at once, unless the cursor could not move past it (rows that say no
+        # height): asking again at once would get the same page, in a loop
+        return isinstance(page, list) and len(page) >= s.limit and cursor is not None
