@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,7 +24,6 @@ from gateway.exceptions import (
     Forbidden,
     PayloadTooLarge,
     ServiceUnavailable,
-    StoreError,
     StoreUnavailable,
     StreamCapReached,
     Unauthorized,
@@ -46,6 +47,7 @@ from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
 from gateway.store.base import Store
 from watchers.decode import event_from_row
 
+HEALTH_TIMEOUT = 2.0  # seconds /healthz, /readyz and /metrics wait for the store before answering without it
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -266,10 +268,12 @@ async def healthz(request: Request) -> JSONResponse:
     would not bring the store back). ``status`` is ``ok``, or ``degraded`` while the store does not
     answer; with the store's state, stream and outbox counts (when readable) and each watcher's state."""
     ctx = _ctx(request)
-    try:
+    counts: dict[str, int] = {}
+    # A probe must not wait out a store timeout, and liveness answers whatever the store does.
+    with anyio.move_on_after(HEALTH_TIMEOUT), contextlib.suppress(Exception):
         counts = await ctx.counts.get()
-    except StoreError:
-        counts = {}
+        if not ctx.store.status.up:  # an outage ends with a write: the readiness probe is one
+            await ctx.readiness.get()
     status = "ok" if counts and ctx.store.status.up else "degraded"
     body = {"status": status, **counts, "store": ctx.store.status.snapshot(), "watchers": ctx.watcher_states()}
     return JSONResponse(body)
@@ -281,13 +285,18 @@ async def readyz(request: Request) -> JSONResponse:
     not, so a load balancer sends the traffic elsewhere until it is back."""
     ctx = _ctx(request)
     try:
-        await ctx.readiness.get()
+        with anyio.fail_after(HEALTH_TIMEOUT):
+            await ctx.readiness.get()
         status = ctx.store.status
         if not status.up:
             code = "storage_full" if status.state == "full" else "store_unavailable"
             raise StoreUnavailable(status.reason or "the store did not answer", code)
     except StoreUnavailable as exc:
         raise ServiceUnavailable(exc.code, f"not ready: {exc}") from exc
+    except TimeoutError as exc:
+        raise ServiceUnavailable(
+            "store_unavailable", f"not ready: the store did not answer in {HEALTH_TIMEOUT} s"
+        ) from exc
     return JSONResponse({"status": "ready", "store": ctx.store.status.snapshot()})
 
 
@@ -295,7 +304,12 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text exposition: deliveries, latencies, outbox depth, streams, watchers."""
     ctx = _ctx(request)
-    body = await ctx.metrics.render(ctx.counts.get, ctx.watcher_states, ctx.store.status.snapshot)
+
+    async def counts() -> dict[str, int]:
+        with anyio.fail_after(HEALTH_TIMEOUT):
+            return await ctx.counts.get()
+
+    body = await ctx.metrics.render(counts, ctx.watcher_states, ctx.store.status.snapshot)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -226,7 +226,7 @@ def create_app(
         # Logged once per outage by the store boundary; nothing of the request was applied.
         full = exc.code == "storage_full"
         message = "storage is full" if full else "the store is unavailable"
-        message += "; nothing of the request was applied, try again later"
+        message += "; try again later (sending the same request again is safe)"
         return error_response(503, exc.code, message, {"Retry-After": STORE_RETRY_AFTER.get(exc.code, "2")})
 
     @app.exception_handler(StoreRefused)

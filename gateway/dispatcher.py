@@ -22,7 +22,7 @@ import anyio
 from gateway.backoff import backoff_delays
 from gateway.config import PushSettings
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint, origin_of, push_host, redact
-from gateway.exceptions import StoreRefused, StoreUnavailable
+from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable
 from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
@@ -152,9 +152,13 @@ class Dispatcher:
                     if not claims:
                         await self._idle()
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_FLUSH):
-                if await self._flush_outcomes():
-                    await self._release_in_flight()
+            with anyio.CancelScope(shield=True) as last_words:
+                last_words.deadline = anyio.current_time() + SHUTDOWN_FLUSH  # an outage must not hold the exit
+                try:
+                    if await self._flush_outcomes():
+                        await self._release_in_flight()
+                except StoreError as exc:  # not released: their leases end and others take them
+                    log.warning("could not give back %d claims: %s", len(self._in_flight), exc)
             if self._outcomes:
                 log.warning(
                     "stopping with %d outcomes the store did not take: those deliveries are sent again "
@@ -265,9 +269,12 @@ class Dispatcher:
         try:
             await self._store.record(batch)
         except StoreUnavailable:
-            self._outcomes = batch + self._outcomes
+            self._outcomes = batch + self._outcomes  # kept, in order, for the next try
             self._unrecorded = True
             return False
+        except anyio.get_cancelled_exc_class():  # stopping mid-record: kept for the last flush
+            self._outcomes = batch + self._outcomes
+            raise
         except StoreRefused:  # one outcome the store cannot take must not hold back the others
             waiting = await self._record_each(batch)
             if waiting:
@@ -293,12 +300,12 @@ class Dispatcher:
                 log.error("the store refused the outcome of delivery=%s: %s", outcome.delivery_id, exc)
             except StoreUnavailable:
                 return batch[i:]
+            self._in_flight.discard(outcome.delivery_id)  # done with: never released at shutdown
         return []
 
     async def _release_in_flight(self) -> None:
-        if self._in_flight:
-            with anyio.CancelScope(shield=True):
-                await self._store.release(sorted(self._in_flight))
+        if self._in_flight:  # called shielded, at shutdown
+            await self._store.release(sorted(self._in_flight))
             self._in_flight.clear()
 
     def _log(self, claim: Claim, answer: PushAnswer, outcome: Outcome) -> None:

@@ -256,5 +256,7 @@ class PushClient:
         if verdict is Verdict.SENT:  # the common case needs no detail
             return PushAnswer(verdict, status, None, "")
         retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time())
-        detail = " ".join(answer.body[:512].decode("utf-8", "replace").split())[:200]
+        text = answer.body[:512].decode("utf-8", "replace")
+        # printable only: a reason is logged and stored (PostgreSQL text refuses NUL)
+        detail = " ".join("".join(c if c.isprintable() else " " for c in text).split())[:200]
         return PushAnswer(verdict, status, retry_after, f"HTTP {status} {detail}".strip())

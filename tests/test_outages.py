@@ -227,3 +227,43 @@ def test_a_watcher_holds_its_frame_through_a_store_outage_on_the_same_connection
         assert final["reconnects"] == 0 and len(source.sessions) == 1 and final["cursor"] == "130000003"
     finally:
         source.close()
+
+
+@pytest.mark.anyio
+async def test_a_social_index_poll_whose_cursor_read_fails_is_retried_and_the_watcher_keeps_running(
+    tmp_path: Any,
+) -> None:
+    """The store failing under one account's poll (here: its cursor read, twice) is that poll's
+    fault, retried with backoff; before, it ended the watcher and with it the process."""
+    import anyio
+
+    from gateway.config import load_settings
+    from gateway.ingest import StoreSink
+    from tests.fakesources import SocialIndexServer
+    from tests.test_watchers import social_watcher
+    from watchers import build_watcher
+
+    class CursorReadsFailTwice(StoreSink):
+        failures = 2
+
+        async def cursor(self, key: str) -> str | None:
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("PostgreSQL: ConnectionResetError: [Errno 104] Connection reset by peer")
+            return await super().cursor(key)
+
+    index = SocialIndexServer()
+    store = SqliteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        await store.upsert_stream("bob.near", "https://near.social", "https://push.test/a", "k", "a")
+        settings = load_settings(None, {"watchers": [social_watcher(index.url)]}).watchers[0]
+        watcher = build_watcher(settings, CursorReadsFailTwice(store, policy_from(MatchingSettings()), lambda: None))
+        with anyio.move_on_after(3.0) as waited:
+            await watcher.run()  # runs until cancelled; raising would end it early
+        assert waited.cancelled_caught
+        assert watcher.state.faults.get("poll_failed") == 2
+        assert len(index.requests_for("bob.near")) >= 2  # it went on polling after the failures
+    finally:
+        await store.close()
+        index.close()

@@ -431,3 +431,31 @@ def test_serve_rides_through_a_real_server_restart(
     assert repeated <= 8
     assert not gw._future.done()
     assert gw.http.get("/healthz").json()["store"]["outages"] >= 1
+
+
+@pytest.mark.slow
+def test_a_social_index_watcher_rides_through_a_cut(
+    pg_schema: str, proxy: TcpProxy, start_gateway: Any, fake_push: FakePushService
+) -> None:
+    """Its polls read each account's cursor: a store outage there fails that poll, not the process."""
+    from tests.fakesources import SocialIndexServer
+    from tests.test_watchers import social_watcher
+
+    index = SocialIndexServer()
+    like = {"type": "like", "item": {"type": "social", "path": "bob.near/post/main", "blockHeight": 1}}
+    index.add("bob.near", "alice.near", 100, like)
+    try:
+        gw = start_gateway(
+            storage={"url": via(proxy, pg_schema), "connect_timeout": 1.0, "command_timeout": 5.0},
+            watchers=[social_watcher(index.url)],
+            matching={"max_per_endpoint_per_day": 0},
+        )
+        bob = subscribe(gw, fake_push, "bob.near")
+        assert wait_until(lambda: len(index.requests_for("bob.near")) >= 2, 10)  # started at the newest
+        cut_for(proxy, 2.0)
+        index.add("bob.near", "carol.near", 101, like)
+        [push] = fake_push.wait_count(bob, 1, timeout=20)
+        assert push.payload is not None and push.payload["initiatedBy"] == "carol.near"
+        assert not gw._future.done()
+    finally:
+        index.close()

@@ -16,6 +16,7 @@ import anyio
 
 from gateway.backoff import backoff_delays
 from gateway.config import SocialIndexWatcherSettings
+from gateway.exceptions import StoreError
 from watchers.base import EventSink, Watcher, WatcherError
 from watchers.decode import Fault, decode_social_index_page
 from watchers.http import JsonHttp
@@ -76,7 +77,7 @@ class SocialIndexWatcher(Watcher):
                 full = await self._poll(http, account)
             self._failures.pop(account, None)
             self._due[account] = time.monotonic() + (0 if full else self.settings.interval)
-        except WatcherError as exc:
+        except (WatcherError, StoreError) as exc:  # the source, or the store (its cursor), failed
             n = self._failures[account] = self._failures.get(account, 0) + 1
             delays = backoff_delays(self.settings.reconnect_initial_delay, self.settings.reconnect_max_delay, self._rng)
             delay = [next(delays) for _ in range(min(n, 32))][-1]

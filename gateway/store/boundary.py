@@ -28,6 +28,21 @@ C = TypeVar("C", bound=type)
 # Not guarded: open/close fail start-up and shutdown plainly; leadership is a context manager that
 # retries by itself.
 UNGUARDED = frozenset({"open", "close", "leadership", "classify"})
+# Store calls that only read (Store protocol, base.py): their success says little of a locked or full store.
+READ_CALLS = frozenset(
+    {
+        "get_cursor",
+        "accounts",
+        "accounts_updated_since",
+        "next_due_at",
+        "dead_letters",
+        "counts",
+        "health_counts",
+        "list_streams",
+        "delivery_history",
+        "failing_hosts",
+    }
+)
 
 
 @dataclass
@@ -39,8 +54,9 @@ class StoreStatus:
     since: float = field(default_factory=time.time)
     outages: int = 0  # times the state left "up"
     errors: Counter[str] = field(default_factory=Counter)  # classified errors by code, refusals included
-    # A locked or full SQLite file still answers reads: an outage ends when a call that failed
-    # succeeds, or the store's ``ping`` (a probe of everything classified here) does.
+    # A locked store still answers reads: "unavailable" ends when a write succeeds, or a read that
+    # failed in the outage does. A full one still takes writes that need no new page: "full" ends
+    # when a call that found it full succeeds, or ``ping`` (a rolled-back write of a page) does.
     _failed_calls: set[str] = field(default_factory=set)
 
     @property
@@ -48,7 +64,10 @@ class StoreStatus:
         return self.state == "up"
 
     def answered(self, call: str) -> None:
-        if self.state == "up" or (call not in self._failed_calls and call != "ping"):
+        if self.state == "up":
+            return
+        proof = call in self._failed_calls or call == "ping"
+        if not proof and (self.state == "full" or call in READ_CALLS):
             return
         log.warning("store answers again after %.1f s %s", time.time() - self.since, self.state)
         self.state, self.reason, self.since = "up", "", time.time()

@@ -226,6 +226,8 @@ class SqliteStore:
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run(conn: sqlite3.Connection) -> T:
+            if conn.in_transaction:  # an earlier ROLLBACK failed (I/O): end that transaction first
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
