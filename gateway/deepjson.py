@@ -4,7 +4,9 @@
 5,000 deep would make the whole frame or batch around it unreadable. Read here instead, every
 container deeper than KEEP_DEPTH is kept as ``[]``: a row reaching that depth is refused for its
 depth anyway (``models.MAX_ROW_DEPTH``), while the rows beside it are read exactly as ``json.loads``
-reads them (big integers stay ints, duplicate keys keep the last value).
+reads them (big integers stay ints, duplicate keys keep the last value). Known differences, for
+such documents only: ijson's lexer is a little more lenient about number forms and whitespace, and a
+``str`` holding a lone surrogate, or bytes in UTF-16/32, are refused.
 """
 
 from __future__ import annotations
