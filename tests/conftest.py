@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -164,3 +166,24 @@ def procs() -> Iterator[list[Any]]:
             p.proc.kill()
         if p.proc.stdout is not None and not p.proc.stdout.closed:
             p.close()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on the test PostgreSQL server (dropped afterwards); skips when none answers."""
+    import asyncpg
+
+    from tests.test_store import POSTGRES_URL, _postgres_reachable
+
+    reason = asyncio.run(_postgres_reachable())
+    if reason:
+        pytest.skip(reason)
+    schema = f"gw_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+    asyncio.run(drop())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.fakesources import GraphQLWsServer, wait_until
 from tests.tcpproxy import TcpProxy
 from tests.test_e2e import subscribe
 from tests.test_process import GatewayProcess
-from tests.test_store import POSTGRES_URL, _postgres_reachable
+from tests.test_store import POSTGRES_URL
 from watchers.decode import event_from_row
 
 pytestmark = pytest.mark.anyio
@@ -42,22 +41,6 @@ AUTH = {"Authorization": f"Bearer {INGEST_TOKEN}"}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    reason = asyncio.run(_postgres_reachable())
-    if reason:
-        pytest.skip(reason)
-    schema = f"gw_outage_{uuid.uuid4().hex[:12]}"
-    yield schema
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
-
-    asyncio.run(drop())
 
 
 @pytest.fixture

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.conftest import row
 from tests.fakepush import FakePushService, Reply
 from tests.fakesources import GraphQLWsServer
 from tests.test_process import GatewayProcess
-from tests.test_store import POSTGRES_URL, _postgres_reachable
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    reason = asyncio.run(_postgres_reachable())
-    if reason:
-        pytest.skip(reason)
-    schema = f"gw_scale_{uuid.uuid4().hex[:12]}"
-    yield schema
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
-
-    asyncio.run(drop())
+from tests.test_store import POSTGRES_URL
 
 
 @pytest.mark.slow
