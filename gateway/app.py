@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__, admin
 from gateway.api import ApiContext, describe_validation_error, router
 from gateway.config import GatewaySettings, LimitsSettings, Settings
+from gateway.cors import OpenCors
 from gateway.dispatcher import Sender
 from gateway.exceptions import ApiError, StoreRefused, StoreUnavailable
 from gateway.links import gateway_origin
@@ -276,13 +276,6 @@ def create_app(
     refused = app.state.ctx.metrics.api_requests.labels("rate_limited").inc
     # Before the body is read; a [[gateways]] key selects the frontend's own bucket.
     app.add_middleware(RateLimit, limits=settings.limits, gateways=settings.gateways, on_refused=refused)
-    # Browsers call the NEAR routes from the gateway frontends' origins.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization", "X-Gateway-Key"],
-        expose_headers=["Retry-After"],
-        max_age=86400,
-    )
+    # Browsers call the NEAR routes from the gateway frontends' origins, as the NEAR server answers them.
+    app.add_middleware(OpenCors, expose_headers=["Retry-After"])
     return app

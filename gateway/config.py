@@ -106,7 +106,8 @@ class VapidSettings(_Section):
 
 class PushSettings(_Section):
     allowed_endpoints: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_ENDPOINTS))
-    ttl: int = Field(86400, ge=1, le=28 * 86400)  # seconds a push service keeps an undelivered message
+    # seconds a push service keeps an undelivered message: four weeks, as the NEAR server sends
+    ttl: int = Field(2_419_200, ge=1, le=28 * 86400)
     urgency: Literal["very-low", "low", "normal", "high"] = "normal"
     request_timeout: float = Field(10.0, gt=0)  # seconds for one POST to a push service
     # Requests in flight. A push service answers in tens of ms across the internet, so throughput is

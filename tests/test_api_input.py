@@ -200,12 +200,21 @@ def test_cors_is_open_for_the_near_routes(gateway: RunningGateway) -> None:
         headers={
             "Origin": "https://near.social",
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
+            "Access-Control-Request-Headers": "content-type,x-requested-with",  # any header a client asks for
         },
     )
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    # As the NEAR server (Express cors()) answers: 204, the asked headers allowed, any origin.
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*" and r.content == b""
+    assert r.headers["access-control-allow-headers"] == "content-type,x-requested-with"
+    assert "DELETE" in r.headers["access-control-allow-methods"]
     r = gateway.post("/subscriptions/create", GOOD, headers={"Origin": "https://near.org"})
     assert r.headers["access-control-allow-origin"] == "*"
+    for answer in (  # every answer, with an Origin or without, errors too
+        gateway.post("/subscriptions/create", GOOD),
+        gateway.post("/preferences/set", {"accountId": "x"}),
+        gateway.http.get("/vapid-public-key"),
+    ):
+        assert answer.headers["access-control-allow-origin"] == "*", answer.status_code
 
 
 def test_vapid_public_key_health_and_openapi(gateway: RunningGateway, fake_push: FakePushService) -> None:

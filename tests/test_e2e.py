@@ -41,7 +41,7 @@ def test_fixture_create_body_then_event_delivers_every_row_field(
         "https://near.social/mob.near/widget/MainPage.N.Post.Page?accountId=bob.near&blockHeight=129999000"
     )
     assert push.payload["tag"]
-    assert push.headers["TTL"] == "86400" and push.headers["Urgency"] == "normal"
+    assert push.headers["TTL"] == "2419200" and push.headers["Urgency"] == "normal"  # the NEAR server's TTL
     assert push.claims["aud"] == fake_push.url and push.claims["sub"] == "mailto:ops@gateway.test"
 
 
