@@ -44,7 +44,7 @@ from gateway.models import (
 )
 from gateway.nearrpc import AccessKeys, RpcUnavailable
 from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
-from gateway.store.base import Store
+from gateway.store.base import MuteScope, Store
 from watchers.decode import event_from_row
 
 HEALTH_TIMEOUT = 2.0  # seconds /healthz, /readyz and /metrics wait for the store before answering without it
@@ -247,10 +247,23 @@ async def delete_subscription(body: DeleteStreamRequest, request: Request, key: 
 
 @router.post("/preferences/set", status_code=201, responses=PUBLIC_ERRORS, tags=["NEAR API"])
 async def set_preference(body: SetPreferenceRequest, request: Request, key: GatewayKey = None) -> Response:
-    """Mute (``block: true``) or unmute one notification type for a stream."""
+    """Mute (``block: true``) or unmute one notification type for the account, on all its browsers,
+    as the NEAR server does; the mute is kept when the browsers unsubscribe and subscribe again.
+    Asked from one of the account's streams (``endpoint``)."""
+    return await _set_mute(body, request, key, "account")
+
+
+@router.post("/preferences/browser", status_code=201, responses=PUBLIC_ERRORS, tags=["gateway"])
+async def set_browser_preference(body: SetPreferenceRequest, request: Request, key: GatewayKey = None) -> Response:
+    """Like /preferences/set, for this browser's stream only (ours, not a NEAR route): the account's
+    other browsers keep getting the type, and the mute goes with the stream."""
+    return await _set_mute(body, request, key, "browser")
+
+
+async def _set_mute(body: SetPreferenceRequest, request: Request, key: str | None, scope: MuteScope) -> Response:
     ctx = _ctx(request)
     _check_gateway_key(ctx, key, None)
-    found = await ctx.store.set_preference(body.accountId, body.endpoint, body.dapp, body.block)
+    found = await ctx.store.set_preference(body.accountId, body.endpoint, body.dapp, body.block, scope=scope)
     if not found:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint for this accountId")
     return Response(status_code=201)

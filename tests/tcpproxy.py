@@ -22,6 +22,7 @@ class TcpProxy:
         self.refused = 0  # connections refused while cut
         self._open = True
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # every connection ever made, closed at the end
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -32,6 +33,7 @@ class TcpProxy:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         if not self._open:
             self.refused += 1
             _reset(writer)
@@ -41,6 +43,7 @@ class TcpProxy:
         except OSError:
             _reset(writer)
             return
+        self._writers.add(up_writer)
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
@@ -78,9 +81,12 @@ class TcpProxy:
     def close(self) -> None:
         async def run() -> None:
             self._server.close()
-            for pair in list(self._pairs):
-                for w in pair:
-                    _reset(w)
+            for w in self._writers:
+                _reset(w)
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._call(run())

@@ -264,14 +264,15 @@ def test_page_subscribes_mutes_and_unsubscribes(
 
     page.check("#types input[value=like]")
     page.wait_for_selector("#mute-state:has-text('Muted Likes')")
-    assert [tuple(r) for r in gateway.query("SELECT account_id, value_type FROM preferences")] == [("bob.near", "like")]
+    mutes = gateway.query("SELECT account_id, value_type FROM account_mutes")
+    assert [tuple(r) for r in mutes] == [("bob.near", "like")]
     assert gateway.ingest(row(1, value_type="like")).json()["skipped"] == {"blocked_by_preference": 1}
     page.uncheck("#types input[value=like]")
     page.wait_for_selector("#mute-state:has-text('Unmuted Likes')")
-    assert gateway.query("SELECT * FROM preferences") == []
+    assert gateway.query("SELECT * FROM account_mutes") == []
     page.check("#types input[value=add_key]")  # the on-chain activity types are offered too
     page.wait_for_selector("#mute-state:has-text('Muted Keys added')")
-    assert [tuple(r) for r in gateway.query("SELECT value_type FROM preferences")] == [("add_key",)]
+    assert [tuple(r) for r in gateway.query("SELECT value_type FROM account_mutes")] == [("add_key",)]
     page.uncheck("#types input[value=add_key]")
     page.wait_for_selector("#mute-state:has-text('Unmuted Keys added')")
 
@@ -329,7 +330,8 @@ def test_pushsubscriptionchange_registers_the_new_subscription(
             break
         page.wait_for_timeout(50)
     assert endpoints == [new.endpoint]
-    assert [tuple(r) for r in gateway.query("SELECT account_id, value_type FROM preferences")] == [("bob.near", "poke")]
+    mutes = gateway.query("SELECT account_id, value_type FROM account_mutes")
+    assert [tuple(r) for r in mutes] == [("bob.near", "poke")]
     gateway.ingest(row(5, value_type="like"))
     [push] = fake_push.wait_count(new, 1)  # the gateway now pushes to the new subscription
     assert push.payload is not None and push.payload["id"] == 5

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, row
 from tests.fakepush import FakePushService
 from tests.test_browser import browser, desktop, open_client, pytestmark  # noqa: F401  (fixtures, skip marker)
 
@@ -72,14 +72,16 @@ def test_reload_refreshes_the_stream_and_brings_it_back(
     assert [(a, e) for a, e, _ in streams(gw)] == [("bob.near", sub.endpoint)]
     page.wait_for_selector("body[data-renewed='bob.near']")  # what renew() did, for whoever asks
 
-    # An operator deletes it (mutes go with it); the next page load brings both back.
+    # An operator deletes it (the account's mutes stay, as the NEAR server keeps them); the next page
+    # load brings the stream back, still muted.
     r = gw.http.delete("/admin/api/streams", params={"account": "bob.near"}, headers=ADMIN)
     assert r.json() == {"deleted": 1}
-    assert streams(gw) == [] and gw.query("SELECT * FROM preferences") == []
+    assert streams(gw) == []
     reload(page)
-    wait_for(page, lambda: len(gw.query("SELECT * FROM preferences")) == 1, "the reload restored the mute")
+    wait_for(page, lambda: len(streams(gw)) == 1, "the reload brought the stream back")
     assert [(a, e) for a, e, _ in streams(gw)] == [("bob.near", sub.endpoint)]
-    assert [tuple(r) for r in gw.query("SELECT account_id, value_type FROM preferences")] == [("bob.near", "like")]
+    assert [tuple(r) for r in gw.query("SELECT account_id, value_type FROM account_mutes")] == [("bob.near", "like")]
+    assert gw.ingest(row(1, value_type="like")).json()["skipped"] == {"blocked_by_preference": 1}
 
 
 def test_a_browser_pushed_out_by_junk_streams_comes_back_on_its_next_load(

@@ -181,3 +181,45 @@ def test_end_to_end_on_postgresql(start_gateway: Any, fake_push: FakePushService
             await conn.close()
 
         asyncio.run(drop())
+
+
+def test_a_mute_set_from_one_browser_silences_the_type_on_all_of_them_and_outlives_resubscribing(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    """As the NEAR server keeps mutes: per (account, type), not per browser."""
+    laptop, phone = subscribe(gateway, fake_push, "bob.near"), subscribe(gateway, fake_push, "bob.near")
+    body = {"accountId": "bob.near", "endpoint": laptop.endpoint, "dapp": "like", "block": True}
+    assert gateway.post("/preferences/set", body).status_code == 201
+    gateway.ingest([row(1, value_type="like"), row(2, value_type="comment")])
+    for browser in (laptop, phone):
+        [push] = fake_push.wait_count(browser, 1)
+        assert push.payload is not None and push.payload["valueType"] == "comment"
+
+    # Notifications turned off and on again, in both browsers: the mute is still there.
+    for browser in (laptop, phone):
+        assert gateway.post("/subscriptions/delete", {"endpoint": browser.endpoint}).status_code == 204
+    laptop, phone = subscribe(gateway, fake_push, "bob.near"), subscribe(gateway, fake_push, "bob.near")
+    result = gateway.ingest([row(3, value_type="like"), row(4, value_type="comment")]).json()
+    assert result["deliveries"] == 2 and result["skipped"] == {"blocked_by_preference": 2}
+    for browser in (laptop, phone):
+        [push] = fake_push.wait_count(browser, 1)
+        assert push.payload is not None and push.payload["id"] == 4
+
+    # Unmuted from either browser: for both again.
+    assert gateway.post("/preferences/set", {**body, "endpoint": phone.endpoint, "block": False}).status_code == 201
+    gateway.ingest(row(5, value_type="like"))
+    for browser in (laptop, phone):
+        assert fake_push.wait_count(browser, 2)[-1].payload["id"] == 5  # type: ignore[index]
+
+
+def test_a_browser_mute_silences_that_browser_only(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    laptop, phone = subscribe(gateway, fake_push, "bob.near"), subscribe(gateway, fake_push, "bob.near")
+    body = {"accountId": "bob.near", "endpoint": laptop.endpoint, "dapp": "like", "block": True}
+    assert gateway.post("/preferences/browser", body).status_code == 201
+    result = gateway.ingest(row(1, value_type="like")).json()
+    assert result["deliveries"] == 1 and result["skipped"] == {"blocked_by_preference": 1}
+    fake_push.wait_count(phone, 1)
+    assert fake_push.for_sub(laptop) == []
+    foreign = {**body, "accountId": "mallory.near"}
+    r = gateway.post("/preferences/browser", foreign)
+    assert r.status_code == 400 and r.json()["code"] == "unknown_subscription"

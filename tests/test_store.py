@@ -32,6 +32,7 @@ P256DH = "BK6Yl1dbZTCCfVKeKTPDsUajF-kMc4eGaewNzvFspZPkoX2F__HHuSj1buJNg0Zq9JF8lT
 AUTH = "_WaWEIbW1xnIE4LSaho9uw"
 E1 = "https://fcm.googleapis.com/fcm/send/one"
 E2 = "https://fcm.googleapis.com/fcm/send/two"
+E3 = "https://fcm.googleapis.com/fcm/send/three"
 
 
 @pytest.fixture
@@ -139,6 +140,75 @@ async def test_streams_accounts_and_preferences(store: Store) -> None:
     assert claim.stream.gateway == "https://near.social" and claim.row["valueType"] == "poke"
     assert await store.set_preference("bob.near", E1, "like", False) is True
     assert (await store.ingest([event(3, value_type="like")], MatchPolicy())).deliveries == 1
+
+
+async def test_a_mute_is_the_accounts_on_every_browser_and_outlives_its_streams(store: Store) -> None:
+    """As the NEAR server keeps it: per (account, type), set from any of the account's streams."""
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.upsert_stream("bob.near", "https://near.org", E2, P256DH, AUTH)
+    await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+    assert await store.set_preference("bob.near", E1, "like", True) is True
+    result = await store.ingest([event(1, value_type="like"), event(2, "carol.near", value_type="like")], MatchPolicy())
+    assert result.deliveries == 1 and result.skipped == {"blocked_by_preference": 2}  # bob's two; carol's goes
+    assert await store.delete_streams(E1) == 1 and await store.delete_streams(E2, "bob.near") == 1
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)  # turned on again
+    assert (await store.ingest([event(3, value_type="like")], MatchPolicy())).skipped == {"blocked_by_preference": 1}
+    assert await store.set_preference("bob.near", E1, "like", False) is True
+    assert (await store.ingest([event(4, value_type="like")], MatchPolicy())).deliveries == 1
+
+
+async def test_mutes_stored_per_stream_before_become_the_accounts(make_store: Callable[[], Store]) -> None:
+    """The account_mutes migration, applied to a store as it was before it: the preferences rows
+    (every one set through /preferences/set) become the account's mutes."""
+    old = make_store()
+    await old.open()
+    await old.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await old.upsert_stream("bob.near", "https://near.org", E2, P256DH, AUTH)
+    await old.upsert_stream("carol.near", "https://near.org", E1, P256DH, AUTH)
+    rows = [(endpoint_hash(E1), "bob.near", "like"), (endpoint_hash(E2), "bob.near", "like")]
+    rows.append((endpoint_hash(E1), "carol.near", "comment"))
+    name = "0006_account_mutes" if isinstance(old, SqliteStore) else "0004_account_mutes"
+    undo = ["DROP TABLE account_mutes", f"DELETE FROM schema_migrations WHERE name = '{name}'"]  # back to before
+    if isinstance(old, SqliteStore):
+
+        def rewind(c: Any) -> None:
+            for sql in undo:
+                c.execute(sql)
+            c.executemany("INSERT INTO preferences VALUES (?, ?, ?)", rows)
+
+        await old._run(rewind)
+    else:
+        assert isinstance(old, PostgresStore)
+        async with old.pool.acquire() as conn:
+            for sql in undo:
+                await conn.execute(sql)
+            await conn.executemany("INSERT INTO preferences VALUES ($1, $2, $3)", rows)
+    await old.close()
+
+    store = make_store()
+    await store.open()  # migrates
+    try:
+        await store.upsert_stream("bob.near", "https://near.social", E3, P256DH, AUTH)  # a browser new since
+        result = await store.ingest(
+            [event(1, value_type="like"), event(2, "carol.near", value_type="comment"), event(3, "carol.near")],
+            MatchPolicy(),
+        )
+        assert result.skipped == {"blocked_by_preference": 4} and result.deliveries == 1  # carol's like only
+        infos = await store.list_streams(account_id="bob.near")
+        assert all(i.muted == ("like",) for i in infos) and len(infos) == 3
+    finally:
+        await store.close()
+
+
+async def test_a_browser_mute_is_that_streams_alone_and_goes_with_it(store: Store) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.upsert_stream("bob.near", "https://near.org", E2, P256DH, AUTH)
+    assert await store.set_preference("bob.near", E1, "like", True, scope="browser") is True
+    result = await store.ingest([event(1, value_type="like")], MatchPolicy())
+    assert result.deliveries == 1 and result.skipped == {"blocked_by_preference": 1}
+    await store.delete_streams(E1)
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    assert (await store.ingest([event(2, value_type="like")], MatchPolicy())).deliveries == 2
 
 
 async def test_daily_cap_counts_per_endpoint(store: Store) -> None:
@@ -312,10 +382,10 @@ async def test_operators_list_and_delete_streams(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.upsert_stream("bob.near", "https://near.social", E2, P256DH, AUTH)
     await store.upsert_stream("carol.near", "https://near.org", E1, P256DH, AUTH)
-    await store.set_preference("bob.near", E1, "like", True)
-    await store.set_preference("bob.near", E1, "devhub/mention", True)
+    await store.set_preference("bob.near", E1, "like", True)  # the account's: on both its streams
+    await store.set_preference("bob.near", E1, "devhub/mention", True, scope="browser")  # E1's alone
     bobs = await store.list_streams(account_id="bob.near")
-    assert [(i.stream.endpoint, i.muted) for i in bobs] == [(E2, ()), (E1, ("devhub/mention", "like"))]
+    assert [(i.stream.endpoint, i.muted) for i in bobs] == [(E2, ("like",)), (E1, ("devhub/mention", "like"))]
     on_e1 = await store.list_streams(endpoint_hash=endpoint_hash(E1))
     assert sorted(i.stream.account_id for i in on_e1) == ["bob.near", "carol.near"]
     assert len(await store.list_streams(limit=2)) == 2

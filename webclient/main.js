@@ -112,7 +112,7 @@ export async function unsubscribe({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {
   await writeState({ server: state.server || GATEWAY_URL, streams: [], muted: {} });
 }
 
-/** Mute or unmute one notification type for an account on this browser. */
+/** Mute or unmute one notification type for an account, on all its browsers (the NEAR server's mutes). */
 export async function setMuted(accountId, type, muted, { serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   const reg = await registration(serviceWorker);
   const sub = await reg.pushManager.getSubscription();
@@ -149,7 +149,8 @@ export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
         /* quiet: the next page load tries again */
       }
     }
-    // A stream pushed out lost its mutes with it: set them again (the gateway keeps them per stream).
+    // Set the mutes again: the gateway keeps them for the account, but one made on a gateway that kept
+    // them per stream went with a stream pushed out.
     for (const [key, muted] of Object.entries(state.muted || {})) {
       const [accountId, ...type] = key.split("/");
       if (!muted || !renewed.includes(accountId)) continue;

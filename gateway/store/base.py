@@ -21,6 +21,9 @@ from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.boundary import StoreStatus
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
+# A mute for all of an account's browsers, kept when they unsubscribe (the NEAR server's), or for one
+# browser's stream only (ours, off the NEAR routes).
+MuteScope = Literal["account", "browser"]
 
 
 class Outcome(NamedTuple):  # one per push: a tuple is cheaper to build than a frozen dataclass
@@ -122,8 +125,12 @@ class Store(Protocol):
         """Accounts whose streams were created or refreshed at ``since`` or later (wall time): what a
         watcher holding the whole set needs to stay current, at a cost that grows with the changes."""
 
-    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
-        """Mute or unmute a type for a stream; False when no such stream exists."""
+    async def set_preference(
+        self, account_id: str, endpoint: str, value_type: str, block: bool, *, scope: MuteScope = "account"
+    ) -> bool:
+        """Mute or unmute a type, asked from the account's stream on ``endpoint``: for the whole account
+        (every browser, now and later: it outlives the streams) or for that stream only. False when no
+        such stream exists (and nothing changes)."""
 
     # --- ingest: matcher + outbox + cursor in one transaction ---
     async def ingest(

@@ -24,7 +24,7 @@ from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, Strea
 from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.admin import count_hosts, stream_info
-from gateway.store.base import DeadLetter, Lease, Outcome, StreamInfo
+from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
 from gateway.store.boundary import StoreStatus, guard_calls
 from gateway.store.sqlite import utc_day
 
@@ -109,6 +109,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         # The neardata watcher keeps the set of subscribed accounts current from what changed.
         "0003_streams_by_update",
         "CREATE INDEX streams_by_update ON streams (updated_at);",
+    ),
+    (
+        # Mutes as the NEAR server keeps them: per (account, type), outliving the account's streams.
+        # Every mute so far came from /preferences/set: they become the account's.
+        "0004_account_mutes",
+        """
+        CREATE TABLE account_mutes (
+            account_id TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            PRIMARY KEY (account_id, value_type)
+        );
+        INSERT INTO account_mutes SELECT DISTINCT account_id, value_type FROM preferences ON CONFLICT DO NOTHING;
+        DELETE FROM preferences;
+        """,
     ),
 ]
 
@@ -335,7 +349,9 @@ class PostgresStore:
         rows = await self.pool.fetch("SELECT DISTINCT account_id FROM streams WHERE updated_at >= $1", since)
         return [r[0] for r in rows]
 
-    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
+    async def set_preference(
+        self, account_id: str, endpoint: str, value_type: str, block: bool, *, scope: MuteScope = "account"
+    ) -> bool:
         ehash = endpoint_hash(endpoint)
         async with self.pool.acquire() as conn, conn.transaction():
             exists = await conn.fetchval(
@@ -343,7 +359,16 @@ class PostgresStore:
             )
             if not exists:
                 return False
-            if block:
+            if scope == "account":
+                if block:
+                    await conn.execute(
+                        "INSERT INTO account_mutes VALUES ($1, $2) ON CONFLICT DO NOTHING", account_id, value_type
+                    )
+                else:
+                    await conn.execute(
+                        "DELETE FROM account_mutes WHERE account_id = $1 AND value_type = $2", account_id, value_type
+                    )
+            elif block:
                 await conn.execute(
                     "INSERT INTO preferences VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", ehash, account_id, value_type
                 )
@@ -418,6 +443,9 @@ class PostgresStore:
             "SELECT endpoint_hash, value_type FROM preferences WHERE account_id = $1", event.receiver
         ):
             blocked.setdefault(r[0], set()).add(r[1])
+        account_wide = {
+            r[0] for r in await conn.fetch("SELECT value_type FROM account_mutes WHERE account_id = $1", event.receiver)
+        }
         sent_today: dict[str, int] = {}
         if policy.max_per_endpoint_per_day:
             rows = await conn.fetch(
@@ -430,7 +458,7 @@ class PostgresStore:
             event,
             streams,
             policy=policy,
-            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, ())) for s in streams},
+            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, set()) | account_wide) for s in streams},
             sent_today=sent_today,
         )
         for reason, count in outcome.skipped.items():
@@ -565,7 +593,8 @@ class PostgresStore:
     ) -> list[StreamInfo]:
         rows = await self.pool.fetch(
             "SELECT s.*, ARRAY(SELECT value_type FROM preferences p WHERE p.endpoint_hash = s.endpoint_hash "
-            "AND p.account_id = s.account_id) AS muted FROM streams s "
+            "AND p.account_id = s.account_id UNION SELECT value_type FROM account_mutes m "
+            "WHERE m.account_id = s.account_id) AS muted FROM streams s "
             "WHERE ($1::text IS NULL OR s.account_id = $1) AND ($2::text IS NULL OR s.endpoint_hash = $2) "
             "ORDER BY s.id DESC LIMIT $3",
             account_id,

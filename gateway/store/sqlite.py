@@ -28,7 +28,7 @@ from gateway.matcher import match
 from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
 from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import stream_info as _stream_info
-from gateway.store.base import DeadLetter, Lease, Outcome, StreamInfo
+from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
 from gateway.store.boundary import StoreStatus, guard_calls
 
 T = TypeVar("T")
@@ -127,6 +127,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         "0005_streams_by_update",
         "CREATE INDEX streams_by_update ON streams (updated_at);",
     ),
+    (
+        # Mutes as the NEAR server keeps them: per (account, type), for all of the account's browsers,
+        # outliving its streams. Every mute so far came from /preferences/set: they become the account's.
+        "0006_account_mutes",
+        """
+        CREATE TABLE account_mutes (
+            account_id TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            PRIMARY KEY (account_id, value_type)
+        );
+        INSERT OR IGNORE INTO account_mutes SELECT DISTINCT account_id, value_type FROM preferences;
+        DELETE FROM preferences
+        """,
+    ),
 ]
 
 
@@ -172,6 +186,9 @@ _FINISH = (
     "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL, http_status = ?, reason = ? "
     "WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'"
 )
+
+
+_ACCOUNT_MUTES = "SELECT value_type FROM account_mutes WHERE account_id = ?"
 
 
 def _json_value(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
@@ -245,9 +262,7 @@ class SqliteStore:
         def connect() -> sqlite3.Connection:
             if self.path != ":memory:":
                 _create_private(Path(self.path))
-            conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout
-            )
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self._busy_timeout)
             conn.row_factory = sqlite3.Row
             db = sqlite_utils.Database(conn)
             _enable_wal(conn)
@@ -357,7 +372,9 @@ class SqliteStore:
         found: list[str] = await self._run(lambda c: _json_value(c, _ACCOUNTS_SINCE, (since,)))
         return found
 
-    async def set_preference(self, account_id: str, endpoint: str, value_type: str, block: bool) -> bool:
+    async def set_preference(
+        self, account_id: str, endpoint: str, value_type: str, block: bool, *, scope: MuteScope = "account"
+    ) -> bool:
         ehash = endpoint_hash(endpoint)
 
         def run(c: sqlite3.Connection) -> bool:
@@ -366,7 +383,14 @@ class SqliteStore:
             ).fetchone()
             if not exists:
                 return False
-            if block:
+            if scope == "account":
+                if block:
+                    c.execute("INSERT OR IGNORE INTO account_mutes VALUES (?, ?)", (account_id, value_type))
+                else:
+                    c.execute(
+                        "DELETE FROM account_mutes WHERE account_id = ? AND value_type = ?", (account_id, value_type)
+                    )
+            elif block:
                 c.execute("INSERT OR IGNORE INTO preferences VALUES (?, ?, ?)", (ehash, account_id, value_type))
             else:
                 c.execute(
@@ -433,6 +457,7 @@ class SqliteStore:
         blocked: dict[str, set[str]] = {}
         for r in c.execute("SELECT endpoint_hash, value_type FROM preferences WHERE account_id = ?", (event.receiver,)):
             blocked.setdefault(r[0], set()).add(r[1])
+        account_wide = {r[0] for r in c.execute(_ACCOUNT_MUTES, (event.receiver,))}
         sent_today: dict[str, int] = {}
         if policy.max_per_endpoint_per_day:
             sent_today = _json_value(c, _SENT_TODAY, (day, json.dumps([s.endpoint_hash for s in streams])))
@@ -440,7 +465,7 @@ class SqliteStore:
             event,
             streams,
             policy=policy,
-            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, ())) for s in streams},
+            blocked={s.id: frozenset(blocked.get(s.endpoint_hash, set()) | account_wide) for s in streams},
             sent_today=sent_today,
         )
         for reason, count in outcome.skipped.items():
@@ -559,8 +584,9 @@ class SqliteStore:
 
         def run(c: sqlite3.Connection) -> list[StreamInfo]:
             rows = c.execute(
-                f"SELECT s.*, (SELECT group_concat(value_type, char(31)) FROM preferences p "  # noqa: S608
-                f"WHERE p.endpoint_hash = s.endpoint_hash AND p.account_id = s.account_id) AS muted "
+                f"SELECT s.*, (SELECT group_concat(value_type, char(31)) FROM (SELECT value_type FROM "  # noqa: S608
+                f"preferences p WHERE p.endpoint_hash = s.endpoint_hash AND p.account_id = s.account_id "
+                f"UNION SELECT value_type FROM account_mutes m WHERE m.account_id = s.account_id)) AS muted "
                 f"FROM streams s WHERE {where} ORDER BY s.id DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
