@@ -104,11 +104,24 @@ class VapidSettings(_Section):
         return self.subject == PLACEHOLDER_SUBJECT or self.subject.endswith(("@localhost", "example.com"))
 
 
+Urgency = Literal["very-low", "low", "normal", "high"]
+
+
+class TypeDelivery(_Section):
+    """How pushes of one notification type are sent (``[push.types."<valueType>"]``); unset keys
+    keep the built-in choice for the type (gateway/payload.py) or ``[push]``'s."""
+
+    ttl: int | None = Field(None, ge=1, le=28 * 86400)
+    urgency: Urgency | None = None
+
+
 class PushSettings(_Section):
     allowed_endpoints: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_ENDPOINTS))
     # seconds a push service keeps an undelivered message: four weeks, as the NEAR server sends
     ttl: int = Field(2_419_200, ge=1, le=28 * 86400)
-    urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+    urgency: Urgency = "normal"
+    # per notification type (valueType): ttl and urgency instead of the ones above
+    types: dict[str, TypeDelivery] = Field(default_factory=dict)
     request_timeout: float = Field(10.0, gt=0)  # seconds for one POST to a push service
     # Requests in flight. A push service answers in tens of ms across the internet, so throughput is
     # about concurrency ÷ round-trip time: 512 in flight at 40 ms allows ~12k pushes/s (bench/README.md).

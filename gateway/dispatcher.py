@@ -26,7 +26,7 @@ from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable
 from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
-from gateway.payload import build_payload, urgency_for
+from gateway.payload import build_payload, ttl_for, urgency_for
 from gateway.store.base import Outcome, Store
 from gateway.webpush import PushAnswer, Verdict
 
@@ -45,7 +45,13 @@ SHUTDOWN_FLUSH = 5.0  # seconds a stopping dispatcher gives the store to take it
 
 class Sender(Protocol):
     async def send(
-        self, endpoint: str, p256dh: str, auth: str, plaintext: bytes, urgency: str | None = None
+        self,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        plaintext: bytes,
+        urgency: str | None = None,
+        ttl: int | None = None,
     ) -> PushAnswer: ...
 
 
@@ -207,8 +213,14 @@ class Dispatcher:
             try:
                 if answer is None:
                     plaintext = self._payload(claim)
+                    types = self._settings.types
                     answer = await self._sender.send(
-                        stream.endpoint, stream.p256dh, stream.auth, plaintext, urgency_for(claim.row)
+                        stream.endpoint,
+                        stream.p256dh,
+                        stream.auth,
+                        plaintext,
+                        urgency_for(claim.row, types),
+                        ttl_for(claim.row, types),
                     )
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)

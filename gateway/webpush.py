@@ -214,15 +214,15 @@ class PushClient:
         self._urgency = urgency
         self._timeout = timeout
         self._http = Http1Client(concurrency_per_origin=concurrency_per_origin, tls=tls, keep_alive=keep_alive)
-        self._rendered: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._rendered: dict[tuple[str, str, str], tuple[str, bytes]] = {}
 
     async def __aenter__(self) -> PushClient:
         return self
 
-    def _headers(self, origin: str, urgency: str | None = None) -> bytes:
-        """The header block for one push service and urgency, rendered once per VAPID token."""
+    def _headers(self, origin: str, urgency: str | None = None, ttl: int | None = None) -> bytes:
+        """The header block for one push service, urgency and TTL, rendered once per VAPID token."""
         authorization = self._signer.authorization(origin)
-        key = (origin, urgency or self._urgency)
+        key = (origin, urgency or self._urgency, self._ttl if ttl is None else str(ttl))
         cached = self._rendered.get(key)
         if cached is None or cached[0] != authorization:
             block = render_headers(
@@ -230,7 +230,7 @@ class PushClient:
                     "Authorization": authorization,
                     "Content-Encoding": "aes128gcm",
                     "Content-Type": "application/octet-stream",
-                    "TTL": self._ttl,
+                    "TTL": key[2],
                     "Urgency": key[1],
                 }
             )
@@ -241,12 +241,19 @@ class PushClient:
         await self._http.aclose()
 
     async def send(
-        self, endpoint: str, p256dh: str, auth: str, plaintext: bytes, urgency: str | None = None
+        self,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        plaintext: bytes,
+        urgency: str | None = None,
+        ttl: int | None = None,
     ) -> PushAnswer:
-        """One push; ``urgency`` overrides the configured Urgency for it (a security alert is high)."""
+        """One push; ``urgency`` and ``ttl`` override the configured ones for it (its type's)."""
         body = encrypt(plaintext, p256dh, auth)
+        headers = self._headers(origin_of(endpoint), urgency, ttl)
         try:
-            answer = await self._http.post(endpoint, self._headers(origin_of(endpoint), urgency), body, self._timeout)
+            answer = await self._http.post(endpoint, headers, body, self._timeout)
         except TimeoutError:
             return PushAnswer(Verdict.RETRY, None, None, "timeout")
         except HttpError as exc:

@@ -80,7 +80,8 @@ def test_security_alerts_are_urgent_and_the_rest_keep_the_default() -> None:
     assert urgency_for(activity("delete_key")) == "high"
     assert urgency_for(activity("add_key", permission="app.near")) is None
     assert urgency_for(activity("near_transfer", amount="1")) is None
-    assert urgency_for({"valueType": "like"}) is None
+    assert urgency_for({"valueType": "like"}) == "low"
+    assert urgency_for({"valueType": "comment"}) is None
 
 
 def test_each_activity_row_is_its_own_notification() -> None:

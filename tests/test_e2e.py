@@ -41,7 +41,8 @@ def test_fixture_create_body_then_event_delivers_every_row_field(
         "https://near.social/mob.near/widget/MainPage.N.Post.Page?accountId=bob.near&blockHeight=129999000"
     )
     assert push.payload["tag"]
-    assert push.headers["TTL"] == "2419200" and push.headers["Urgency"] == "normal"  # the NEAR server's TTL
+    assert push.headers["TTL"] == "2419200"  # the NEAR server's TTL
+    assert push.headers["Urgency"] == "low"  # a like: a push service may hold it for a phone saving battery
     assert push.claims["aud"] == fake_push.url and push.claims["sub"] == "mailto:ops@gateway.test"
 
 
@@ -223,3 +224,17 @@ def test_a_browser_mute_silences_that_browser_only(gateway: RunningGateway, fake
     foreign = {**body, "accountId": "mallory.near"}
     r = gateway.post("/preferences/browser", foreign)
     assert r.status_code == 400 and r.json()["code"] == "unknown_subscription"
+
+
+def test_ttl_and_urgency_per_type_from_the_config(start_gateway: Any, fake_push: FakePushService) -> None:
+    gw = start_gateway(
+        push={"types": {"comment": {"ttl": 3600, "urgency": "high"}, "devhub/mention": {"ttl": 60}}},
+        matching={"max_per_endpoint_per_day": 0},
+    )
+    sub = subscribe(gw, fake_push)
+    gw.ingest([row(1, value_type="comment"), row(2, value_type="devhub/mention"), row(3), row(4, value_type="poke")])
+    pushes = {p.payload["valueType"]: p.headers for p in fake_push.wait_count(sub, 4) if p.payload}
+    assert (pushes["comment"]["TTL"], pushes["comment"]["Urgency"]) == ("3600", "high")
+    assert (pushes["devhub/mention"]["TTL"], pushes["devhub/mention"]["Urgency"]) == ("60", "normal")
+    assert (pushes["like"]["TTL"], pushes["like"]["Urgency"]) == ("2419200", "low")  # built in for likes
+    assert (pushes["poke"]["TTL"], pushes["poke"]["Urgency"]) == ("2419200", "normal")  # [push]'s
