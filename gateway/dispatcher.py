@@ -137,10 +137,11 @@ class Dispatcher:
                     await self._room()  # a push finishing frees a slot at once
                     if backlog and self._free < CLAIM_BATCH_MIN:
                         await anyio.sleep(CLAIM_GATHER)  # a backlog: let more slots free up, claim them together
+                    if self._unrecorded:  # outcomes wait for the store: claim nothing before they are in
+                        await anyio.sleep(next(pauses))
+                        continue
                     want = min(self._free, CLAIM_BATCH)
                     try:
-                        if self._unrecorded:
-                            raise StoreUnavailable("outcomes are waiting to be recorded")
                         claims = await self._store.claim(want, self._settings.claim_lease)
                     except StoreUnavailable:  # logged once by the store boundary
                         await anyio.sleep(next(pauses))
@@ -281,18 +282,14 @@ class Dispatcher:
         try:
             await self._store.record(batch)
         except StoreUnavailable:
-            self._outcomes = batch + self._outcomes  # kept, in order, for the next try
-            self._unrecorded = True
-            return False
+            return self._keep(batch)
         except anyio.get_cancelled_exc_class():  # stopping mid-record: kept for the last flush
             self._outcomes = batch + self._outcomes
             raise
         except StoreRefused:  # one outcome the store cannot take must not hold back the others
             waiting = await self._record_each(batch)
             if waiting:
-                self._outcomes = waiting + self._outcomes
-                self._unrecorded = True
-                return False
+                return self._keep(waiting)
         except Exception:  # a bug: their leases expire and the deliveries are taken again
             log.exception("recording %d outcomes failed", len(batch))
         self._unrecorded = False
@@ -301,6 +298,12 @@ class Dispatcher:
         if any(o.status == "retry" for o in batch):
             self._wake.set()  # the idle timer must account for these retries' due times
         return True
+
+    def _keep(self, outcomes: list[Outcome]) -> bool:
+        """Put outcomes the store did not take back in front, in order, for the next try."""
+        self._outcomes = outcomes + self._outcomes
+        self._unrecorded = True
+        return False
 
     async def _record_each(self, batch: list[Outcome]) -> list[Outcome]:
         """Record outcomes one by one, skipping those the store refuses; those still to record
