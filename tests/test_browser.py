@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway, row
+from tests.conftest import INGEST_TOKEN, RunningGateway, row
 from tests.fakepush import FakePushService
 from tests.test_e2e import subscribe
 
@@ -436,7 +436,7 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
     source = GraphQLWsServer([row(n, "dave.near", blockHeight=170_000_000 + n) for n in range(1, 4)])
     try:
         watcher = {"name": "qa", "kind": "queryapi", "url": source.url, "start_block_height": 170_000_000}
-        gw = start_gateway(admin={"token": "dash-token"}, watchers=[watcher])
+        gw = start_gateway(admin={"token": "dash-token"}, watchers=[watcher], storage={"busy_timeout": 0.3})
         bob = subscribe(gw, fake_push, "bob.near")
         carol = subscribe(gw, fake_push, "carol.near")
         fake_push.always(carol, Reply(400, body=b"InvalidTokenFormat"))
@@ -453,6 +453,10 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
         page.wait_for_selector("#status[data-state=ok]")
         assert page.locator("#outbox").inner_text() == "0"
         assert "2 streams" in page.locator("#counts").inner_text()
+        assert (
+            page.locator("#store-state").inner_text() == "up"
+            and "0 outages" in page.locator("#store-detail").inner_text()
+        )
         watcher_row = page.locator("#watchers tbody tr").first.inner_text()
         assert "qa" in watcher_row and "connected" in watcher_row and "170000003" in watcher_row
         assert fake_push.url.removeprefix("http://") in page.locator("#hosts tbody").inner_text()
@@ -467,6 +471,16 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
         assert width == 1280 and height >= 600
         sent_blue, dead_red = (0x2E, 0x90, 0xFA), (0xF0, 0x44, 0x38)
         assert pixels.count(sent_blue) > 50 and pixels.count(dead_red) > 20  # the bars are really drawn
+        # A store outage (another process holds SQLite's write lock past the busy timeout) is on the page.
+        from tests.test_outages import write_lock_held
+
+        with write_lock_held(gw.db_path):
+            assert gw.post("/events", [row(30)], headers={"Authorization": f"Bearer {INGEST_TOKEN}"}).status_code == 503
+            page.reload()
+            page.wait_for_selector("#store-state.bad")
+            assert page.locator("#store-state").inner_text() == "unavailable"
+            assert "database is locked" in page.locator("#store-detail").inner_text()
+
         page.evaluate("sessionStorage.setItem('adminToken', 'wrong')")
         page.reload()
         page.wait_for_selector("#status[data-state=error]")
