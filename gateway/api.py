@@ -40,10 +40,12 @@ from gateway.models import (
     MatchPolicy,
     NotificationRow,
     SetPreferenceRequest,
+    SetQuietHoursRequest,
     loads_json,
 )
 from gateway.nearrpc import AccessKeys, RpcUnavailable
 from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
+from gateway.pacing.quiet import QuietHours, known_time_zones, parse_hhmm
 from gateway.store.base import MuteScope, Store
 from watchers.decode import event_from_row
 
@@ -81,7 +83,7 @@ class ApiContext:
 
     @property
     def policy(self) -> MatchPolicy:
-        return policy_from(self.settings.matching)
+        return policy_from(self.settings.matching, self.settings.push)
 
 
 class ErrorBody(BaseModel):
@@ -101,6 +103,7 @@ class IngestBody(BaseModel):
     events: int
     newEvents: int
     deliveries: int
+    folded: int = 0  # (event, browser) pairs added to a digest or quiet-hours hold instead
     skipped: dict[str, int]
 
 
@@ -269,6 +272,28 @@ async def _set_mute(body: SetPreferenceRequest, request: Request, key: str | Non
     return Response(status_code=201)
 
 
+@router.post("/preferences/quiet", status_code=201, responses=PUBLIC_ERRORS, tags=["gateway"])
+async def set_quiet_hours(body: SetQuietHoursRequest, request: Request, key: GatewayKey = None) -> Response:
+    """Quiet hours for this browser's stream of the account (ours, not a NEAR route): pushes that
+    are not high-urgency are held from ``start`` to ``end`` each day in ``timeZone`` and come as one
+    digest when the window ends. ``start`` null clears them."""
+    ctx = _ctx(request)
+    _check_gateway_key(ctx, key, None)
+    quiet = None
+    if body.start is not None:
+        if body.timeZone not in known_time_zones():
+            raise BadRequest("invalid_time_zone", "timeZone must be an IANA time zone such as Europe/Berlin")
+        if body.end is None:
+            raise BadRequest("invalid_time", "end is required with start")
+        try:
+            quiet = QuietHours(body.timeZone, parse_hhmm(body.start), parse_hhmm(body.end))
+        except ValueError as exc:
+            raise BadRequest("invalid_time", str(exc)) from None
+    if not await ctx.store.set_quiet_hours(body.accountId, body.endpoint, quiet):
+        raise BadRequest("unknown_subscription", "no subscription with this endpoint for this accountId")
+    return Response(status_code=201)
+
+
 @router.get("/vapid-public-key", responses={429: {"model": ErrorBody}}, tags=["gateway"])
 async def vapid_public_key(request: Request) -> VapidKeyBody:
     """The applicationServerKey to pass to ``PushManager.subscribe``."""
@@ -393,7 +418,11 @@ async def ingest_events(
     if result.deliveries:
         ctx.on_ingest()
     accepted = IngestBody(
-        events=result.events, newEvents=result.new_events, deliveries=result.deliveries, skipped=result.skipped
+        events=result.events,
+        newEvents=result.new_events,
+        deliveries=result.deliveries,
+        folded=result.folded,
+        skipped=result.skipped,
     )
     for j, why in ingested.refused.items():
         rejected.append(RejectedRow(row=rows_of_events[j], code="refused_by_store", message=why))

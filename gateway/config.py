@@ -105,14 +105,23 @@ class VapidSettings(_Section):
 
 
 Urgency = Literal["very-low", "low", "normal", "high"]
+# "item": pushes about one post (one like burst, one thread of comments) replace each other;
+# "type": every push of the type to the account replaces the last; "none": each push stays.
+TopicMode = Literal["item", "type", "none"]
 
 
 class TypeDelivery(_Section):
     """How pushes of one notification type are sent (``[push.types."<valueType>"]``); unset keys
-    keep the built-in choice for the type (gateway/payload.py) or ``[push]``'s."""
+    keep the built-in choice for the type (gateway/pacing/urgency.py) or ``[push]``'s."""
 
     ttl: int | None = Field(None, ge=1, le=28 * 86400)
     urgency: Urgency | None = None
+    # What a push replaces (RFC 8030 Topic and the notification tag): an older one about the same
+    # item ("item": the post liked), any older one of the type ("type"), or nothing ("none").
+    topic: TopicMode = "item"
+    # Seconds a burst is folded for: the first push goes at once, the rest of the window comes as
+    # one digest replacing it ("alice.near and 4 others liked your post"). 0 = every push alone.
+    digest: float = Field(0.0, ge=0, le=86400)
 
 
 class PushSettings(_Section):

@@ -26,7 +26,10 @@ from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable
 from gateway.links import NEARBLOCKS
 from gateway.metrics import Metrics
 from gateway.models import Claim
-from gateway.payload import build_payload, ttl_for, urgency_for
+from gateway.pacing.collapse import topic_for
+from gateway.pacing.digest import digest_tag
+from gateway.pacing.urgency import ttl_for, urgency_for
+from gateway.payload import build_payload
 from gateway.store.base import Outcome, Store
 from gateway.webpush import PushAnswer, Verdict
 
@@ -52,6 +55,7 @@ class Sender(Protocol):
         plaintext: bytes,
         urgency: str | None = None,
         ttl: int | None = None,
+        topic: str | None = None,
     ) -> PushAnswer: ...
 
 
@@ -222,6 +226,8 @@ class Dispatcher:
                         plaintext,
                         urgency_for(claim.row, types),
                         ttl_for(claim.row, types),
+                        # the tag of the notification it shows: replaced at the push service and on screen alike
+                        digest_tag(list(claim.folded), types) if claim.folded else topic_for(claim.row, types),
                     )
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
@@ -243,6 +249,17 @@ class Dispatcher:
             self._slot_freed.set()
 
     def _payload(self, claim: Claim) -> bytes:
+        if claim.folded:  # a digest is its stream's own
+            return build_payload(
+                claim.row,
+                gateway=claim.stream.gateway,
+                links=self._links,
+                compact=claim.compact,
+                explorer=self._explorer,
+                types=self._settings.types,
+                folded=claim.folded,
+                folded_total=claim.folded_total,
+            )
         key = (claim.event_key, claim.stream.gateway, claim.compact)
         cached = self._payloads.get(key) if claim.event_key else None
         if cached is None:
@@ -252,6 +269,7 @@ class Dispatcher:
                 links=self._links,
                 compact=claim.compact,
                 explorer=self._explorer,
+                types=self._settings.types,
             )
             if len(self._payloads) >= PAYLOAD_CACHE:
                 self._payloads.clear()

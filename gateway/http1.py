@@ -144,9 +144,10 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def _delimited_by_close(self) -> bool:
-        return "content-length" not in self._headers and "chunked" not in self._headers.get(
-            "transfer-encoding", ""
-        ).lower()
+        return (
+            "content-length" not in self._headers
+            and "chunked" not in self._headers.get("transfer-encoding", "").lower()
+        )
 
     # one exchange
     def send(self, request: bytes) -> asyncio.Future[Answer]:

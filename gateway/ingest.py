@@ -45,6 +45,7 @@ async def ingest_setting_aside_refused(
             continue
         total.new_events += one.new_events
         total.deliveries += one.deliveries
+        total.folded += one.folded
         for reason, count in one.skipped.items():
             total.skipped[reason] = total.skipped.get(reason, 0) + count
     total.events = len(events) - len(refused)

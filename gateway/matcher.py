@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import MatchingSettings
+from gateway.config import MatchingSettings, PushSettings
 from gateway.models import Event, MatchPolicy, Stream
+from gateway.pacing.digest import Pacing
 
 
-def policy_from(matching: MatchingSettings) -> MatchPolicy:
-    return MatchPolicy(frozenset(matching.allowed_value_types), matching.max_per_endpoint_per_day)
+def policy_from(matching: MatchingSettings, push: PushSettings | None = None) -> MatchPolicy:
+    """What ingest applies: the matching settings, and ``[push.types]`` for digests and quiet hours."""
+    return MatchPolicy(
+        frozenset(matching.allowed_value_types),
+        matching.max_per_endpoint_per_day,
+        None if push is None else Pacing(push.types),
+    )
 
 
 @dataclass(frozen=True)

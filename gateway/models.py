@@ -10,13 +10,16 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.deepjson import loads_without_recursion
+
+if TYPE_CHECKING:
+    from gateway.pacing.digest import Pacing
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint
 
 ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
@@ -162,6 +165,8 @@ P256dh = Annotated[str, AfterValidator(_p256dh)]
 AuthSecret = Annotated[str, AfterValidator(_auth)]
 GatewayUrl = Annotated[str, AfterValidator(_gateway)]
 ValueType = Annotated[str, AfterValidator(_value_type)]
+
+
 def _endpoint(value: str) -> str:
     try:
         return canonical_endpoint(value)
@@ -228,6 +233,18 @@ class SetPreferenceRequest(_Body):
     block: bool
 
 
+class SetQuietHoursRequest(_Body):
+    """Body of POST /preferences/quiet (ours): hold what is not urgent from ``start`` to ``end``
+    ("HH:MM", local time in ``timeZone``, IANA, as the browser's ``Intl`` reports it); ``start``
+    null clears them. Checked by gateway/pacing/quiet.py."""
+
+    accountId: AccountId
+    endpoint: Endpoint
+    timeZone: str = Field("UTC", max_length=64)
+    start: str | None = Field(None, max_length=5)
+    end: str | None = Field(None, max_length=5)
+
+
 class NotificationRow(BaseModel):
     """A notification in the QueryAPI row shape (near-protocols.md §3); extra fields are kept, within
     what a browser and the store can hold (``row_problem``)."""
@@ -266,6 +283,15 @@ class Event:
     row: dict[str, Any]  # the NEAR row, pushed unchanged so old service workers keep working
 
 
+class QuietHours(NamedTuple):
+    """From ``start`` to ``end`` (minutes after local midnight) each day in ``time_zone`` (IANA);
+    ``start`` after ``end`` spans midnight (22:00–07:00). gateway/pacing/quiet.py reads it."""
+
+    time_zone: str
+    start: int
+    end: int
+
+
 class Stream(NamedTuple):  # per-push records are tuples: cheaper to build than frozen dataclasses
     """(account, gateway, push subscription) as stored."""
 
@@ -276,6 +302,7 @@ class Stream(NamedTuple):  # per-push records are tuples: cheaper to build than 
     endpoint_hash: str
     p256dh: str
     auth: str
+    quiet: QuietHours | None = None  # read at ingest only
 
 
 @dataclass(frozen=True)
@@ -284,6 +311,7 @@ class MatchPolicy:
 
     allowed_value_types: frozenset[str] = frozenset()
     max_per_endpoint_per_day: int = 0  # 0 = no cap
+    pacing: Pacing | None = None  # digests by type ([push.types]); None: none configured
 
 
 class Claim(NamedTuple):
@@ -296,6 +324,9 @@ class Claim(NamedTuple):
     stream: Stream
     row: dict[str, Any]  # shared by the claims of one event: read, never modified
     event_key: str = ""
+    # A digest: the rows it folds (oldest first; ``row`` is the newest) and how many it folds in all.
+    folded: tuple[dict[str, Any], ...] = ()
+    folded_total: int = 0
 
 
 @dataclass
@@ -303,4 +334,5 @@ class IngestResult:
     events: int = 0
     new_events: int = 0
     deliveries: int = 0
+    folded: int = 0  # (event, stream) pairs added to a digest instead of a delivery of their own
     skipped: dict[str, int] = field(default_factory=dict)

@@ -2,17 +2,21 @@
 
 The NEAR row goes out unchanged (service workers in the wild read ``valueType``, ``initiatedBy``,
 ``receiver``, ``blockHeight``, ``actionAtBlockHeight``, ``devhubPostId``), plus ``title``, ``body``,
-``url`` and ``tag`` so a new service worker can show it without knowing NEAR.
+``url`` and ``tag`` so a new service worker can show it without knowing NEAR, and the Declarative Web
+Push members (``web_push``, ``notification``, ``mutable``) so a browser can show it with none at all.
+A digest adds ``digest``: how many it folds and the newest of their rows.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.links import NEARBLOCKS, click_url
 from gateway.models import ACTIVITY_TYPES, NEAR_ROW_FIELDS
+from gateway.pacing.collapse import item_of, tag_for
+from gateway.pacing.digest import digest_tag
 
 if TYPE_CHECKING:
     from gateway.config import TypeDelivery
@@ -23,7 +27,9 @@ MAX_PLAINTEXT_BYTES = 3993
 COMPACT_PLAINTEXT_BYTES = 1024
 MAX_BODY_CHARS = 240
 COMPACT_BODY_CHARS = 120
-MAX_TAG_CHARS = 128
+DIGEST_OVERHEAD = 32  # bytes of the digest member's own keys and punctuation
+DECLARATIVE_WEB_PUSH = 8030  # "web_push": the member that makes a payload declarative (its value: the RFC)
+LANG = "en"  # the language of the texts below
 # The last resort for a row of long texts: every text cut to this many characters, then halved.
 FIELD_CHARS = 64
 KEPT_WHOLE = frozenset({"id", "receiver", "valueType"})  # what old service workers key on; bounded by validation
@@ -116,29 +122,6 @@ def _activity_text(value_type: str, row: dict[str, Any], who: str) -> tuple[str,
     return "Transaction failed", f"Your {call} failed: {why}"
 
 
-# RFC 8030 Urgency by type where [push] urgency is not the right one: a push service may hold a
-# low-urgency push back (a phone saving battery) and delivers a high one at once.
-TYPE_URGENCY = {"like": "low"}
-
-
-def urgency_for(row: dict[str, Any], types: Mapping[str, TypeDelivery] | None = None) -> str | None:
-    """RFC 8030 Urgency of one push when it is not ``[push] urgency``: the type's in ``[push.types]``;
-    else high for security alerts (a new full-access key, a deleted key), else TYPE_URGENCY's."""
-    value_type = row.get("valueType")
-    configured = (types or {}).get(str(value_type))
-    if configured is not None and configured.urgency is not None:
-        return configured.urgency
-    if value_type == "delete_key" or (value_type == "add_key" and row.get("permission") == "FullAccess"):
-        return "high"
-    return TYPE_URGENCY.get(str(value_type))
-
-
-def ttl_for(row: dict[str, Any], types: Mapping[str, TypeDelivery] | None = None) -> int | None:
-    """The TTL of one push when ``[push.types]`` sets one for its type."""
-    configured = (types or {}).get(str(row.get("valueType")))
-    return None if configured is None else configured.ttl
-
-
 def _thing(row: dict[str, Any]) -> str:
     path = row.get("path") or ""
     return "comment" if "/post/comment" in str(path) else "post"
@@ -158,16 +141,23 @@ def title_and_body(row: dict[str, Any]) -> tuple[str, str]:
     return title, template.format(who=who, thing=_thing(row), type=value_type or "new")
 
 
-def notification_tag(row: dict[str, Any]) -> str:
-    """Groups repeats: a burst of likes on one post replaces one notification, not ten.
+def digest_text(row: dict[str, Any], folded: Sequence[dict[str, Any]], total: int) -> tuple[str, str]:
+    """The text of a push folding ``total`` notifications (``folded``: the newest of them, ``row`` last).
 
-    Mentions and custom messages are each their own notification, so they are tagged by id.
+    A burst about one item reads as one notification with more people ("alice.near and 4 others
+    liked your post"); a mix (quiet hours) says how many and shows the newest.
     """
-    value_type = str(row.get("valueType") or "notification")
-    if value_type in ("mention", "custom") or value_type.endswith("/mention") or value_type in ACTIVITY_TYPES:
-        return f"{value_type}:{row.get('id')}"[:MAX_TAG_CHARS]
-    target = row.get("devhubPostId") or row.get("actionAtBlockHeight") or row.get("path") or ""
-    return f"{value_type}:{row.get('receiver')}:{target}"[:MAX_TAG_CHARS]
+    title, body = title_and_body(row)
+    if total <= 1:
+        return title, body
+    if len({(r.get("valueType"), item_of(r)) for r in folded}) == 1:
+        who = str(row.get("initiatedBy") or "Someone")
+        people = {r.get("initiatedBy") for r in folded}
+        others = total - 1 if total > len(folded) else len(people) - 1
+        if others > 0 and body.startswith(who):
+            group = f"{who} and {others} {'other' if others == 1 else 'others'}"
+            return title, group + body[len(who) :]
+    return f"{total} new notifications", f"{body}, and {total - 1} more"
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -178,6 +168,28 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _declarative(added: dict[str, Any]) -> dict[str, Any]:
+    """The Declarative Web Push members (W3C Push API; Safari shows these without running a service
+    worker). ``mutable``: a service worker that is there still gets the push and shows it itself,
+    with the Mute action (a declarative action would need a page to navigate to)."""
+    notification = {
+        "title": added["title"],
+        "body": added["body"],
+        "navigate": added["url"],
+        "tag": added["tag"],
+        "lang": LANG,
+    }
+    return {"web_push": DECLARATIVE_WEB_PUSH, "notification": notification, "mutable": True}
+
+
+def _digest_member(folded: Sequence[dict[str, Any]], total: int, room: int) -> dict[str, Any]:
+    """``digest``: how many were folded and the newest rows (NEAR fields) that fit in ``room`` bytes."""
+    rows = [{k: r.get(k) for k in NEAR_ROW_FIELDS if k in r} for r in reversed(folded)]  # newest first
+    while rows and len(_encode({"count": total, "rows": rows})) > room:
+        rows.pop()
+    return {"count": total, "rows": rows}
+
+
 def build_payload(
     row: dict[str, Any],
     *,
@@ -185,24 +197,31 @@ def build_payload(
     links: Mapping[str, Mapping[str, str]] | None = None,
     compact: bool = False,
     explorer: tuple[str, str] = NEARBLOCKS,
+    types: Mapping[str, TypeDelivery] | None = None,
+    folded: Sequence[dict[str, Any]] = (),
+    folded_total: int = 0,
 ) -> bytes:
     """The JSON plaintext of one push, never over the aes128gcm single-record limit.
 
     ``gateway`` is the stream's frontend (it decides the click link, with the operator's ``links``
     templates by gateway origin, and ``explorer`` for on-chain activity); ``compact`` is the smaller
-    form sent once after a 413.
+    form sent once after a 413. A digest passes the rows it folds (``folded``, oldest first, ``row``
+    the newest) and how many it folds in all.
     """
-    title, body = title_and_body(row)
-    added = {
+    title, body = digest_text(row, folded, folded_total) if folded else title_and_body(row)
+    added: dict[str, Any] = {
         "title": title,
         "body": _truncate(body, COMPACT_BODY_CHARS if compact else MAX_BODY_CHARS),
         "url": click_url(row, gateway, links, explorer),
-        "tag": notification_tag(row),
+        "tag": digest_tag(list(folded), types) if folded else tag_for(row, types),
     }
     limit = COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES
+    if folded:  # the rows go in the room the rest leaves
+        room = limit - len(_encode({**added, **_declarative(added), **row})) - DIGEST_OVERHEAD
+        added["digest"] = _digest_member(folded, folded_total, room)
     full = {**added, **row} if not compact else None
     if full is not None:
-        encoded = _encode(full)
+        encoded = _encode({**full, **_declarative(added)})
         if len(encoded) <= limit:
             return encoded
     # Too big (or compact asked): keep only the NEAR fields, shortening free text.
@@ -211,14 +230,15 @@ def build_payload(
         text = near.get(text_field)
         if isinstance(text, str):
             near[text_field] = _truncate(text, 200 if compact else 1000)
-    encoded = _encode({**added, **near})
+    encoded = _encode({**added, **near, **_declarative(added)})
     if len(encoded) > limit:  # pathological ids or account names: drop free text entirely
         near["message"] = None
         near["path"] = None
-        encoded = _encode({**added, **near})
+        added.pop("digest", None)
+        encoded = _encode({**added, **near, **_declarative(added)})
     chars = FIELD_CHARS
     while len(encoded) > limit and chars > 1:  # whatever a source sent, every text gets shorter until it fits
-        fields = {**added, **near}.items()
-        encoded = _encode({k: v[:chars] if isinstance(v, str) and k not in KEPT_WHOLE else v for k, v in fields})
+        cut = {k: v[:chars] if isinstance(v, str) and k not in KEPT_WHOLE else v for k, v in {**added, **near}.items()}
+        encoded = _encode({**cut, **_declarative(cut)})
         chars //= 2
     return encoded

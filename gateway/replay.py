@@ -105,7 +105,7 @@ async def replay(
                 raise ConfigError(f"watcher {watcher_name!r} has no stored block cursor: give --to-block")
             to_block = int(stored)
         progress = ReplayProgress(start=from_block, target=to_block, position=from_block)
-        sink = ReplaySink(store, policy_from(settings.matching), progress, lambda: on_progress(progress))
+        sink = ReplaySink(store, policy_from(settings.matching, settings.push), progress, lambda: on_progress(progress))
         watcher = build_watcher(watcher_settings, sink)
         on_progress(progress)
         async with anyio.create_task_group() as tg:

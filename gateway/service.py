@@ -146,7 +146,7 @@ class Gateway:
                 )
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
                 wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
-                policy = policy_from(settings.matching)
+                policy = policy_from(settings.matching, settings.push)
                 sinks = {
                     w.name: StoreSink(store, policy, wake)
                     for w in settings.watchers

@@ -248,10 +248,14 @@ class PushClient:
         plaintext: bytes,
         urgency: str | None = None,
         ttl: int | None = None,
+        topic: str | None = None,
     ) -> PushAnswer:
-        """One push; ``urgency`` and ``ttl`` override the configured ones for it (its type's)."""
+        """One push; ``urgency`` and ``ttl`` override the configured ones for it (its type's);
+        ``topic`` (RFC 8030 §5.4) lets it replace a push with the same topic still queued."""
         body = encrypt(plaintext, p256dh, auth)
         headers = self._headers(origin_of(endpoint), urgency, ttl)
+        if topic is not None:  # one per item: appended, not a cache entry each
+            headers += b"Topic: " + topic.encode("ascii") + b"\r\n"
         try:
             answer = await self._http.post(endpoint, headers, body, self._timeout)
         except TimeoutError:

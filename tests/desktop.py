@@ -104,11 +104,11 @@ class Desktop:
             time.sleep(0.05)
         raise AssertionError(f"expected {n} notifications on the desktop, got {len(self.shown)}")
 
-    def click(self, nid: int) -> None:
-        """Click the notification's body, as a user would."""
+    def click(self, nid: int, action: str = "default") -> None:
+        """Click the notification's body (or the button whose key is ``action``), as a user would."""
         iface = self._iface
         assert iface is not None
-        self._loop.call_soon_threadsafe(iface.ActionInvoked, nid, "default")
+        self._loop.call_soon_threadsafe(iface.ActionInvoked, nid, action)
 
     def close(self) -> None:
         async def disconnect() -> None:

@@ -4,6 +4,7 @@ decrypts the aes128gcm body with the tests' own code, then answers as scripted (
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -14,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.rfc8291 import BrowserKeys, DecryptError, VapidError, decrypt, verify_vapid
+
+TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @dataclass
@@ -169,6 +172,9 @@ class FakePushService:
             return self._reject(h, 401, f"VAPID: {exc}")
         if h.headers.get("TTL") is None or not h.headers["TTL"].isdigit():
             return self._reject(h, 400, "TTL header missing")
+        topic = h.headers.get("Topic")
+        if topic is not None and not TOPIC.fullmatch(topic):  # RFC 8030 §5.4
+            return self._reject(h, 400, "Topic must be at most 32 characters of URL-safe base64")
         if h.headers.get("Content-Encoding") != "aes128gcm":
             return self._reject(h, 400, "Content-Encoding must be aes128gcm")
         if len(body) > 4096:

@@ -9,7 +9,9 @@ import pytest
 
 from gateway.links import click_url
 from gateway.nearrpc import RpcUnavailable, TokenMetadata, token_metadata_from_answer
-from gateway.payload import build_payload, format_amount, notification_tag, title_and_body, urgency_for
+from gateway.pacing.collapse import tag_for
+from gateway.pacing.urgency import urgency_for
+from gateway.payload import build_payload, format_amount, title_and_body
 
 
 @pytest.mark.parametrize(
@@ -37,33 +39,80 @@ def test_amounts_that_are_not_u128_strings_are_not_formatted(raw: Any) -> None:
 
 
 def activity(value_type: str, **fields: Any) -> dict[str, Any]:
-    return {"id": f"R1:{value_type}:0", "blockHeight": 1, "receiver": "bob.near", "initiatedBy": "alice.near",
-            "valueType": value_type, "receiptId": "R1", "txHash": "TX1", **fields}
+    return {
+        "id": f"R1:{value_type}:0",
+        "blockHeight": 1,
+        "receiver": "bob.near",
+        "initiatedBy": "alice.near",
+        "valueType": value_type,
+        "receiptId": "R1",
+        "txHash": "TX1",
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(
     ("row", "title", "body"),
     [
-        (activity("near_transfer", amount="2500000000000000000000000"), "NEAR received",
-         "alice.near sent you 2.5 NEAR"),
-        (activity("ft_transfer", amount="1000000000000000000000", token="token.sweat", symbol="SWEAT", decimals=18,
-                  initiatedBy="spin.sweat"), "Tokens received", "You received 1,000 SWEAT from spin.sweat"),
-        (activity("ft_transfer", amount="1000", token="token.sweat"), "Tokens received",
-         "You received 1000 (raw units) of token.sweat from alice.near"),  # the RPC could not tell its decimals
-        (activity("ft_mint", amount="5", token="t.near", symbol="T", decimals=0), "Tokens received",
-         "5 T minted to bob.near"),
-        (activity("nft_transfer", token="x.paras.near", tokenIds=["7"]), "NFT received",
-         "alice.near sent you NFT 7 from x.paras.near"),
-        (activity("add_key", permission="FullAccess", publicKey="ed25519:K"), "Security alert",
-         "New full-access key added to bob.near"),
-        (activity("add_key", permission="app.near", publicKey="ed25519:K"), "New access key",
-         "New key for app.near added to bob.near"),
+        (
+            activity("near_transfer", amount="2500000000000000000000000"),
+            "NEAR received",
+            "alice.near sent you 2.5 NEAR",
+        ),
+        (
+            activity(
+                "ft_transfer",
+                amount="1000000000000000000000",
+                token="token.sweat",
+                symbol="SWEAT",
+                decimals=18,
+                initiatedBy="spin.sweat",
+            ),
+            "Tokens received",
+            "You received 1,000 SWEAT from spin.sweat",
+        ),
+        (
+            activity("ft_transfer", amount="1000", token="token.sweat"),
+            "Tokens received",
+            "You received 1000 (raw units) of token.sweat from alice.near",
+        ),  # the RPC could not tell its decimals
+        (
+            activity("ft_mint", amount="5", token="t.near", symbol="T", decimals=0),
+            "Tokens received",
+            "5 T minted to bob.near",
+        ),
+        (
+            activity("nft_transfer", token="x.paras.near", tokenIds=["7"]),
+            "NFT received",
+            "alice.near sent you NFT 7 from x.paras.near",
+        ),
+        (
+            activity("add_key", permission="FullAccess", publicKey="ed25519:K"),
+            "Security alert",
+            "New full-access key added to bob.near",
+        ),
+        (
+            activity("add_key", permission="app.near", publicKey="ed25519:K"),
+            "New access key",
+            "New key for app.near added to bob.near",
+        ),
         (activity("delete_key", publicKey="ed25519:K"), "Security alert", "An access key was deleted from bob.near"),
-        (activity("receipt_failed", contract="aurora", method="submit", error="FunctionCallError",
-                  errorMessage="Smart contract panicked: ERR_OUT_OF_FUND"), "Transaction failed",
-         "Your call to submit on aurora failed: Smart contract panicked: ERR_OUT_OF_FUND"),
-        (activity("receipt_failed", contract="x.near", error="AccountAlreadyExists"), "Transaction failed",
-         "Your transaction to x.near failed: AccountAlreadyExists"),
+        (
+            activity(
+                "receipt_failed",
+                contract="aurora",
+                method="submit",
+                error="FunctionCallError",
+                errorMessage="Smart contract panicked: ERR_OUT_OF_FUND",
+            ),
+            "Transaction failed",
+            "Your call to submit on aurora failed: Smart contract panicked: ERR_OUT_OF_FUND",
+        ),
+        (
+            activity("receipt_failed", contract="x.near", error="AccountAlreadyExists"),
+            "Transaction failed",
+            "Your transaction to x.near failed: AccountAlreadyExists",
+        ),
     ],
 )
 def test_activity_texts(row: dict[str, Any], title: str, body: str) -> None:
@@ -86,7 +135,7 @@ def test_security_alerts_are_urgent_and_the_rest_keep_the_default() -> None:
 
 def test_each_activity_row_is_its_own_notification() -> None:
     first, second = activity("near_transfer", amount="1"), {**activity("near_transfer", amount="1"), "id": "R2:x:0"}
-    assert notification_tag(first) != notification_tag(second)
+    assert tag_for(first) != tag_for(second)
 
 
 def test_activity_links_open_the_explorer_unless_the_gateway_has_a_template_for_the_type() -> None:

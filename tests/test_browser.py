@@ -488,3 +488,102 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
         page.close()
     finally:
         source.close()
+
+
+# --- Issue 16: the declarative payload, the Mute action, the reference service workers --------------
+
+
+def test_the_declarative_payload_shows_and_its_mute_action_mutes_the_type_for_the_account(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
+) -> None:
+    sub = fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
+    page = open_client(browser, gateway)
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_function("document.getElementById('state').dataset.state !== 'working'")
+    assert page.locator("#state").get_attribute("data-state") == "subscribed", page.locator("#state").inner_text()
+    other_browser = subscribe(gateway, fake_push, "bob.near")  # the account's second browser
+
+    gateway.ingest(row(9001, "bob.near", "like", actionAtBlockHeight=129999000))
+    [push] = fake_push.wait_count(sub, 1)
+    payload = json.loads(push.plaintext)
+    assert payload["web_push"] == 8030 and payload["notification"]["navigate"] == POST_URL
+    deliver(browser, page, gateway.url, push.plaintext.decode())
+    [note] = shown(page, desktop, 1)
+    assert (note["title"], note["body"]) == (payload["notification"]["title"], payload["notification"]["body"])
+    assert note["title"] == "New like" and note["tag"] == payload["notification"]["tag"]
+    assert note["data"]["url"] == POST_URL
+    [on_desktop] = desktop.wait_shown(1)
+    assert "Mute likes" in on_desktop["actions"], on_desktop["actions"]
+    mute_key = on_desktop["actions"][on_desktop["actions"].index("Mute likes") - 1]  # (key, label) pairs
+
+    targets = TargetWatch(browser, page)
+    desktop.click(on_desktop["id"], mute_key)
+    for _ in range(100):
+        if gateway.query("SELECT * FROM account_mutes"):
+            break
+        page.wait_for_timeout(50)
+    assert [tuple(r) for r in gateway.query("SELECT account_id, value_type FROM account_mutes")] == [
+        ("bob.near", "like")
+    ]
+    page.wait_for_timeout(500)
+    assert POST_URL not in targets.urls  # muting opened nothing
+    # a later like reaches none of the account's browsers; other types still do
+    later = gateway.ingest([row(9002, "bob.near", "like"), row(9003, "bob.near", "comment")]).json()
+    assert later["skipped"] == {"blocked_by_preference": 2} and later["deliveries"] == 2
+    assert [p.payload["id"] for p in fake_push.wait_count(other_browser, 2) if p.payload] == [9001, 9003]
+    # the page's own state has the mute the notification made (its checkbox shows it)
+    state = page.evaluate("caches.open('near-push').then(c => c.match('/__near-push/state')).then(r => r.json())")
+    assert state["muted"] == {"bob.near/like": True}
+
+
+REFERENCE_WORKERS = Path(__file__).resolve().parent / "fixtures" / "reference_sw"
+
+
+@pytest.fixture
+def reference_site() -> Iterator[str]:
+    """The reference service workers served from an origin of their own (localhost: a secure context)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(REFERENCE_WORKERS))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://localhost:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("worker", "title", "body"),
+    [
+        ("near_org_sw.js", "alice.near liked your post", ""),
+        ("bos_sw.js", "Near Social Notification", "alice.ne... liked your post"),
+    ],
+)
+def test_the_reference_service_workers_show_their_text_from_the_new_payload(
+    gateway: RunningGateway,
+    fake_push: FakePushService,
+    browser: Any,
+    desktop: Desktop,
+    reference_site: str,
+    worker: str,
+    title: str,
+    body: str,
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest(row(9001, "bob.near", "like", actionAtBlockHeight=129999000))
+    [push] = fake_push.wait_count(sub, 1)
+    assert json.loads(push.plaintext)["web_push"] == 8030  # the new, declarative payload
+    browser.grant_permissions(["notifications"], origin=reference_site)
+    page = browser.new_page()
+    page.goto(f"{reference_site}/near_org_sw.js")  # any page of the origin
+    page.evaluate(f"navigator.serviceWorker.register('/{worker}').then(() => navigator.serviceWorker.ready)")
+    deliver(browser, page, reference_site, push.plaintext.decode())
+    [note] = shown(page, desktop, 1)
+    assert (note["title"], note["body"]) == (title, body)
+    assert note["data"]["url"] == "https://near.org/s/p?a=bob.near&b=129999000"
+    if worker == "near_org_sw.js":
+        assert note["tag"] == "9001"

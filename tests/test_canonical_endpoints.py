@@ -22,7 +22,6 @@ from tests.fakepush import FakePushService
 PREFIXES = tuple(parse_prefix(p) for p in DEFAULT_ALLOWED_ENDPOINTS)
 
 
-
 @pytest.mark.parametrize(
     ("given", "canonical"),
     [
@@ -99,7 +98,8 @@ def test_the_api_stores_the_canonical_form_and_finds_it_under_any_spelling(
 
 
 @pytest.mark.parametrize(
-    "bad", ["http://127.0.0.1:0{port}/push/x", "http://127.0.0.1:{port}/push/\u00e9", "http://127.0.0.1:{port}/push/../x"]
+    "bad",
+    ["http://127.0.0.1:0{port}/push/x", "http://127.0.0.1:{port}/push/\u00e9", "http://127.0.0.1:{port}/push/../x"],
 )
 def test_the_api_refuses_endpoints_without_a_canonical_form(
     gateway: RunningGateway, fake_push: FakePushService, bad: str

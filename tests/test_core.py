@@ -12,7 +12,8 @@ from gateway.dispatcher import decide, retry_delay
 from gateway.endpoints import DEFAULT_ALLOWED_ENDPOINTS, endpoint_hash, is_allowed, parse_prefix, redact
 from gateway.matcher import match
 from gateway.models import Claim, Event, MatchPolicy, Stream
-from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, notification_tag, title_and_body
+from gateway.pacing.collapse import tag_for
+from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, title_and_body
 from gateway.webpush import PushAnswer, VapidSigner, Verdict, classify, parse_retry_after
 from tests.conftest import Clock, row
 from tests.rfc8291 import verify_vapid
@@ -124,8 +125,8 @@ def test_every_type_gets_a_title_body_url_and_tag(value_type: str) -> None:
 
 
 def test_tags_group_likes_on_one_post_but_not_mentions() -> None:
-    assert notification_tag(row(1)) == notification_tag(row(2, initiatedBy="carol.near"))
-    assert notification_tag(row(1, value_type="mention")) != notification_tag(row(2, value_type="mention"))
+    assert tag_for(row(1)) == tag_for(row(2, initiatedBy="carol.near"))
+    assert tag_for(row(1, value_type="mention")) != tag_for(row(2, value_type="mention"))
     assert title_and_body(row(1, path="bob.near/post/comment"))[1] == "alice.near liked your comment"
 
 

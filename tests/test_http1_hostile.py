@@ -126,8 +126,10 @@ async def test_informational_answers_are_skipped_and_never_shift_answers_onto_ot
     def script(req: bytes, n: int) -> Steps:
         path = path_of(req)
         if path == "/push/A":  # alive: 103 Early Hints, a 100, then 201 a little later
-            return [(0, b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"),
-                    (0.1, OK)]
+            return [
+                (0, b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"),
+                (0.1, OK),
+            ]
         if path == "/push/B":  # expired
             return [(0.05, b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n")]
         return [(0, OK)]
@@ -211,8 +213,10 @@ async def test_an_answer_over_the_body_limit_is_never_pooled_and_the_next_push_i
 
     def script(req: bytes, n: int) -> Steps:
         if path_of(req) == "/first":
-            return [(0, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 70),
-                    (0.2, chunk * 30 + b"0\r\n\r\n")]
+            return [
+                (0, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 70),
+                (0.2, chunk * 30 + b"0\r\n\r\n"),
+            ]
         return [(0, OK)]
 
     async with RawServer(script) as server:
@@ -262,8 +266,11 @@ async def test_a_trickled_chunked_answer_costs_cpu_linear_in_its_bytes() -> None
 
     def script(req: bytes, n: int) -> Steps:
         if path_of(req) == "/chunked":
-            return [(0, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"),
-                    *[(0.0002, b"1\r\nx\r\n")] * pieces, (0, b"0\r\n\r\n")]
+            return [
+                (0, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                *[(0.0002, b"1\r\nx\r\n")] * pieces,
+                (0, b"0\r\n\r\n"),
+            ]
         return [(0, b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % pieces), *[(0.0002, b"x")] * pieces]
 
     async with RawServer(script) as server:
@@ -295,8 +302,19 @@ class _Transport:
     st.lists(
         st.one_of(
             st.binary(max_size=200),
-            st.sampled_from([OK, b"HTTP/1.1 103 x\r\n\r\n", b"\r\n", b"0\r\n\r\n", b"Content-Length: 5\r\n",
-                             b"Transfer-Encoding: chunked\r\n", b"HTTP/1.1 200 OK\r\n", b"-1\r\n", b"ffffffff\r\n"]),
+            st.sampled_from(
+                [
+                    OK,
+                    b"HTTP/1.1 103 x\r\n\r\n",
+                    b"\r\n",
+                    b"0\r\n\r\n",
+                    b"Content-Length: 5\r\n",
+                    b"Transfer-Encoding: chunked\r\n",
+                    b"HTTP/1.1 200 OK\r\n",
+                    b"-1\r\n",
+                    b"ffffffff\r\n",
+                ]
+            ),
         ),
         max_size=30,
     )

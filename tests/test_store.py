@@ -17,9 +17,11 @@ from typing import Any
 import anyio
 import pytest
 
+from gateway.config import TypeDelivery
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StreamCapReached
-from gateway.models import Event, MatchPolicy
+from gateway.models import Event, MatchPolicy, QuietHours
+from gateway.pacing.digest import Pacing
 from gateway.store.base import Outcome, Store
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
@@ -445,3 +447,96 @@ def test_a_new_sqlite_database_and_its_directory_are_private(tmp_path: Path) -> 
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     for f in (tmp_path / "data").iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+
+
+# --- pacing: digests and quiet hours ---------------------------------------------------------------
+
+LIKES_DIGEST = MatchPolicy(pacing=Pacing({"like": TypeDelivery(digest=60)}))
+
+
+def minute_of_day(ts: float) -> int:
+    return int(ts // 60) % (24 * 60)  # UTC
+
+
+async def test_a_burst_is_one_push_at_once_then_one_digest_of_all_of_it(store: Store, clock: Clock) -> None:
+    for endpoint in (E1, E2):
+        await store.upsert_stream("bob.near", "https://near.org", endpoint, P256DH, AUTH)
+    t0 = clock.now
+    first = await store.ingest([event(1)], LIKES_DIGEST)
+    assert (first.deliveries, first.folded) == (2, 0)
+    claims = await store.claim(10, 30)
+    assert [c.folded for c in claims] == [(), ()]
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in claims])
+    clock.now += 5
+    second = await store.ingest([event(2)], LIKES_DIGEST)
+    assert (second.deliveries, second.folded) == (2, 0)  # a digest opened per browser
+    rest = await store.ingest([event(3), event(4), event(5)], LIKES_DIGEST)
+    assert (rest.deliveries, rest.folded) == (0, 6)
+    assert await store.claim(10, 30) == []  # held until the window ends
+    assert await store.next_due_at() == t0 + 60
+    clock.now = t0 + 60
+    digests = await store.claim(10, 30)
+    assert sorted(c.stream.endpoint for c in digests) == [E1, E2]
+    for digest in digests:
+        assert [r["id"] for r in digest.folded] == [1, 2, 3, 4, 5] and digest.folded_total == 5
+        assert digest.row["id"] == 5
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in digests])
+    clock.now += 1  # after the window a new burst begins with a push at once
+    again = await store.ingest([event(6)], LIKES_DIGEST)
+    assert (again.deliveries, again.folded) == (2, 0)
+    assert {c.folded for c in await store.claim(10, 30)} == {()}
+
+
+async def test_likes_on_another_post_or_types_without_a_window_are_not_folded(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1)], LIKES_DIGEST)
+    other_post = Event("t:o", "t", "bob.near", "like", 1, {**row(9), "actionAtBlockHeight": 77})
+    assert (await store.ingest([other_post], LIKES_DIGEST)).deliveries == 1
+    comments = [event(n, value_type="comment") for n in (10, 11)]
+    assert (await store.ingest(comments, LIKES_DIGEST)).deliveries == 2
+    assert len(await store.claim(10, 30)) == 4  # all due now
+
+
+async def test_quiet_hours_hold_pushes_until_the_window_ends_but_not_security_alerts(
+    store: Store, clock: Clock
+) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    now_minute = minute_of_day(clock.now)
+    quiet = QuietHours("UTC", now_minute, now_minute + 2)
+    assert await store.set_quiet_hours("bob.near", E1, quiet)
+    assert not await store.set_quiet_hours("bob.near", E2, quiet)  # no such stream
+    policy = MatchPolicy(pacing=Pacing())
+    held = await store.ingest([event(1), event(2, value_type="comment")], policy)
+    assert (held.deliveries, held.folded) == (1, 1)  # one digest of both
+    alert = Event("t:k", "t", "bob.near", "add_key", 1, {**row(3, value_type="add_key"), "permission": "FullAccess"})
+    assert (await store.ingest([alert], policy)).deliveries == 1
+    [urgent] = await store.claim(10, 30)
+    assert urgent.row["valueType"] == "add_key" and urgent.folded == ()
+    await store.record([Outcome(urgent.delivery_id, "sent", 201)])
+    ends = (clock.now // 60 + 2) * 60
+    assert await store.next_due_at() == ends
+    clock.now = ends
+    [digest] = await store.claim(10, 30)
+    assert [r["id"] for r in digest.folded] == [1, 2] and digest.folded_total == 2
+    assert await store.set_quiet_hours("bob.near", E1, None)
+    clock.now = ends - 60  # inside the old window, but it was cleared
+    assert (await store.ingest([event(4)], policy)).deliveries == 1
+    assert [c.row["id"] for c in await store.claim(10, 30)] == [4]
+
+
+async def test_a_held_digest_outlives_the_process(make_store: Callable[[], Store], clock: Clock) -> None:
+    before = make_store()
+    await before.open()
+    await before.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await before.ingest([event(1)], LIKES_DIGEST)
+    await before.record([Outcome(c.delivery_id, "sent", 201) for c in await before.claim(10, 30)])
+    await before.ingest([event(2), event(3)], LIKES_DIGEST)
+    await before.close()
+    after = make_store()
+    await after.open()
+    try:
+        clock.now += 60
+        [digest] = await after.claim(10, 30)
+        assert [r["id"] for r in digest.folded] == [1, 2, 3]
+    finally:
+        await after.close()

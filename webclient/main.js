@@ -1,7 +1,7 @@
 // NEAR push notifications in the browser: subscribe a NEAR account to a push gateway.
 //
 // Reusable as an ES module by any frontend:
-//   import { subscribe, unsubscribe, setMuted, status, renew } from "https://<gateway>/main.js";
+//   import { subscribe, unsubscribe, setMuted, setQuietHours, status, renew } from "https://<gateway>/main.js";
 //   await subscribe("bob.near", { serviceWorker: "/sw.js" });   // call from a click handler
 //   renew({ serviceWorker: "/sw.js" });                         // call on every page load
 // The service worker must be served by the frontend's own origin (copy the gateway's /sw.js).
@@ -95,6 +95,7 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   const state = await readState();
   state.server = server;
   state.gatewayKey = gatewayKey;
+  state.endpoint = sub.endpoint; // for the service worker's Mute action
   state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
   await writeState(state);
   return sub;
@@ -122,6 +123,27 @@ export async function setMuted(accountId, type, muted, { serviceWorker = `${GATE
     state.gatewayKey);
   state.muted = { ...state.muted, [`${accountId}/${type}`]: muted };
   await writeState(state);
+}
+
+/**
+ * Quiet hours for this browser: `{start: "22:00", end: "07:00"}` in the browser's own time zone (from
+ * `Intl`), for every subscribed account; `null` clears them. Pushes inside the window, except urgent
+ * ones (security alerts), are held and come as one digest when it ends.
+ */
+export async function setQuietHours(window, { serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  const reg = await registration(serviceWorker);
+  const sub = await reg.pushManager.getSubscription();
+  const state = await readState();
+  if (!sub || !state.streams.length) throw Object.assign(new Error("Not subscribed"), { code: "unsubscribed" });
+  const timeZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const hours = window ? { start: window.start, end: window.end } : { start: null, end: null };
+  for (const { accountId } of state.streams) {
+    await post(state.server || GATEWAY_URL, "/preferences/quiet", { accountId, endpoint: sub.endpoint, timeZone, ...hours },
+      state.gatewayKey);
+  }
+  state.quiet = window ? { ...hours, timeZone } : null;
+  await writeState(state);
+  return state.quiet;
 }
 
 /**
@@ -180,6 +202,7 @@ function wirePage() {
     $("subscribe").disabled = state === "unsupported" || state === "blocked";
     $("unsubscribe").hidden = state !== "subscribed";
     $("mute").hidden = state !== "subscribed";
+    $("quiet").hidden = state !== "subscribed";
   };
   const account = () => form.account.value.trim();
 
@@ -196,6 +219,7 @@ function wirePage() {
       form.account.value = form.account.value || s.accounts[0];
       const state = await readState();
       for (const box of list.querySelectorAll("input")) box.checked = !!state.muted[`${account()}/${box.value}`];
+      if (state.quiet) [$("quiet-start").value, $("quiet-end").value] = [state.quiet.start, state.quiet.end];
       show("subscribed", `Subscribed as ${s.accounts.join(", ")}.`);
     } else {
       show(s.state);
@@ -225,6 +249,23 @@ function wirePage() {
     } catch (err) {
       box.checked = !box.checked;
       $("mute-state").textContent = `Could not change it: ${err.message}`;
+    }
+  });
+  const quietState = (text) => { $("quiet-state").textContent = text; };
+  $("quiet-save").addEventListener("click", async () => {
+    try {
+      const quiet = await setQuietHours({ start: $("quiet-start").value, end: $("quiet-end").value });
+      quietState(`Quiet from ${quiet.start} to ${quiet.end} (${quiet.timeZone}).`);
+    } catch (err) {
+      quietState(`Could not set quiet hours: ${err.message}`);
+    }
+  });
+  $("quiet-clear").addEventListener("click", async () => {
+    try {
+      await setQuietHours(null);
+      quietState("No quiet hours.");
+    } catch (err) {
+      quietState(`Could not clear quiet hours: ${err.message}`);
     }
   });
   refresh().catch((err) => show("error", err.message));

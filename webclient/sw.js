@@ -23,8 +23,22 @@ function legacyUrl(row) {
   return FALLBACK_URL;
 }
 
+// "Mute <type>" on a notification: what the type is called there.
+const MUTE_LABELS = {
+  like: "likes", comment: "comments", mention: "mentions", follow: "new followers", unfollow: "unfollows",
+  poke: "pokes", repost: "reposts", star: "stars", custom: "app messages", near_transfer: "NEAR received",
+  ft_transfer: "tokens received", nft_transfer: "NFTs received", add_key: "keys added", delete_key: "keys deleted",
+  receipt_failed: "failed transactions",
+};
+
 /** What to show for a push payload, whatever it is. Never throws. */
 function describe(data) {
+  const declared = data && typeof data === "object" && data.notification;
+  if (declared && typeof declared === "object" && typeof declared.title === "string") {
+    // A declarative push message (W3C Push API): what a browser without us would show.
+    return { title: declared.title, body: declared.body || "", url: declared.navigate || data.url || legacyUrl(data),
+      tag: declared.tag || data.tag };
+  }
   if (data && typeof data === "object" && typeof data.title === "string") {
     return { title: data.title, body: data.body || "", url: data.url || legacyUrl(data), tag: data.tag };
   }
@@ -63,20 +77,50 @@ function keep(event, promise) {
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => keep(event, self.clients.claim()));
 
+/** The "Mute <type>" action of a notification about one account's type, if it has one. */
+function muteOf(data) {
+  if (!data || typeof data !== "object" || !data.receiver || !data.valueType) return null;
+  const type = String(data.valueType);
+  return { accountId: String(data.receiver), type, title: `Mute ${MUTE_LABELS[type] || type}` };
+}
+
 self.addEventListener("push", (event) => {
   const data = parse(event);
   const n = describe(data);
+  const mute = muteOf(data);
   keep(event, self.registration.showNotification(n.title, {
     body: n.body,
     tag: n.tag,
     renotify: Boolean(n.tag),
-    data: { url: n.url, payload: data },
+    lang: (data && data.notification && data.notification.lang) || undefined,
+    actions: mute ? [{ action: "mute", title: mute.title }] : [],
+    data: { url: n.url, payload: data, mute },
   }));
 });
 
+// "Mute <type>": the account-wide mute (/preferences/set), as the page's own checkbox sets it.
+async function muteFromNotification(mute) {
+  const state = (await readState()) || {};
+  const server = state.server || new URL(".", self.location).href.replace(/\/$/, "");
+  const sub = await self.registration.pushManager.getSubscription();
+  const endpoint = (sub && sub.endpoint) || state.endpoint;
+  if (!endpoint) return;
+  const r = await post(server, "/preferences/set", { accountId: mute.accountId, endpoint, dapp: mute.type, block: true },
+    state.gatewayKey);
+  if (!r.ok) return;
+  state.muted = { ...(state.muted || {}), [`${mute.accountId}/${mute.type}`]: true };
+  await (await caches.open(STATE_CACHE)).put(STATE_KEY, new Response(JSON.stringify(state),
+    { headers: { "Content-Type": "application/json" } }));
+}
+
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
-  const url = (event.notification.data && event.notification.data.url) || FALLBACK_URL;
+  const data = event.notification.data || {};
+  if (event.action === "mute" && data.mute) {
+    keep(event, muteFromNotification(data.mute));
+    return;
+  }
+  const url = data.url || FALLBACK_URL;
   keep(event, (async () => {
     const target = new URL(url, self.location).href;
     const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });

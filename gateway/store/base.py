@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
 from gateway.store.boundary import StoreStatus
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
@@ -131,6 +131,10 @@ class Store(Protocol):
         """Mute or unmute a type, asked from the account's stream on ``endpoint``: for the whole account
         (every browser, now and later: it outlives the streams) or for that stream only. False when no
         such stream exists (and nothing changes)."""
+
+    async def set_quiet_hours(self, account_id: str, endpoint: str, quiet: QuietHours | None) -> bool:
+        """Set (or, with None, clear) the quiet hours of the account's stream on ``endpoint``. False
+        when no such stream exists. Deliveries already held keep their time."""
 
     # --- ingest: matcher + outbox + cursor in one transaction ---
     async def ingest(

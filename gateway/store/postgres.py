@@ -22,7 +22,9 @@ import asyncpg
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import match
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
+from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
+from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, stream_info
 from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
 from gateway.store.boundary import StoreStatus, guard_calls
@@ -122,6 +124,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         INSERT INTO account_mutes SELECT DISTINCT account_id, value_type FROM preferences ON CONFLICT DO NOTHING;
         DELETE FROM preferences;
+        """,
+    ),
+    (
+        # Pacing: a stream's quiet hours; a delivery's fold key (the burst or quiet window it opens or
+        # belongs to) and, for a digest, the events it folds (JSON keys, oldest first) and their count.
+        "0005_pacing",
+        """
+        ALTER TABLE streams ADD COLUMN quiet_zone TEXT, ADD COLUMN quiet_start INTEGER, ADD COLUMN quiet_end INTEGER;
+        ALTER TABLE deliveries ADD COLUMN fold_key TEXT, ADD COLUMN folded TEXT,
+            ADD COLUMN folded_total INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX deliveries_folds ON deliveries (stream_id, fold_key, created_at) WHERE fold_key IS NOT NULL;
         """,
     ),
 ]
@@ -349,6 +362,19 @@ class PostgresStore:
         rows = await self.pool.fetch("SELECT DISTINCT account_id FROM streams WHERE updated_at >= $1", since)
         return [r[0] for r in rows]
 
+    async def set_quiet_hours(self, account_id: str, endpoint: str, quiet: QuietHours | None) -> bool:
+        zone, start, end = quiet if quiet is not None else (None, None, None)
+        status = await self.pool.execute(
+            "UPDATE streams SET quiet_zone = $1, quiet_start = $2, quiet_end = $3 "
+            "WHERE endpoint_hash = $4 AND account_id = $5",
+            zone,
+            start,
+            end,
+            endpoint_hash(endpoint),
+            account_id,
+        )
+        return str(status) != "UPDATE 0"
+
     async def set_preference(
         self, account_id: str, endpoint: str, value_type: str, block: bool, *, scope: MuteScope = "account"
     ) -> bool:
@@ -430,9 +456,19 @@ class PostgresStore:
         conn: Any, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
     ) -> None:
         streams = [
-            Stream(r["id"], r["account_id"], r["gateway"], r["endpoint"], r["endpoint_hash"], "", "")
+            Stream(
+                r["id"],
+                r["account_id"],
+                r["gateway"],
+                r["endpoint"],
+                r["endpoint_hash"],
+                "",
+                "",
+                quiet_hours(r["quiet_zone"], r["quiet_start"], r["quiet_end"]),
+            )
             for r in await conn.fetch(
-                "SELECT id, account_id, gateway, endpoint, endpoint_hash FROM streams WHERE account_id = $1",
+                "SELECT id, account_id, gateway, endpoint, endpoint_hash, quiet_zone, quiet_start, quiet_end "
+                "FROM streams WHERE account_id = $1",
                 event.receiver,
             )
         ]
@@ -465,18 +501,85 @@ class PostgresStore:
             result.skipped[reason] = result.skipped.get(reason, 0) + count
         if not outcome.selected:
             return
-        await conn.executemany(
-            "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
-            "VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
-            [(event.key, s.id, s.endpoint_hash, now) for s in outcome.selected],
-        )
-        if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
+        plain, paced = split_paced(event, outcome.selected, policy, now)
+        created = [s.endpoint_hash for s in plain]
+        if plain:
+            await conn.executemany(
+                "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
+                "VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+                [(event.key, s.id, s.endpoint_hash, now) for s in plain],
+            )
+        for stream, fold_key, held_until in paced:
+            if await PostgresStore._pace(conn, event, stream, fold_key, held_until, policy, now):
+                created.append(stream.endpoint_hash)
+            else:
+                result.folded += 1
+        if policy.max_per_endpoint_per_day and created:  # the counter exists for the cap alone
             await conn.executemany(
                 "INSERT INTO endpoint_daily VALUES ($1, $2, 1) ON CONFLICT (endpoint_hash, day) "
                 "DO UPDATE SET count = endpoint_daily.count + 1",
-                [(s.endpoint_hash, day) for s in outcome.selected],
+                [(h, day) for h in created],
             )
-        result.deliveries += len(outcome.selected)
+        result.deliveries += len(created)
+
+    @staticmethod
+    async def _pace(
+        conn: Any,
+        event: Event,
+        stream: Stream,
+        fold_key: str,
+        held_until: float | None,
+        policy: MatchPolicy,
+        now: float,
+    ) -> bool:
+        """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded).
+
+        The open digest is locked (FOR UPDATE) so a dispatcher cannot claim it while it takes the event
+        (its claim skips locked rows; a claimed one no longer matches ``lease_until IS NULL``)."""
+        window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
+        first = None
+        if held_until is None:  # quiet hours hold everything: no burst to look for
+            first = await conn.fetchrow(
+                "SELECT event_key, created_at FROM deliveries WHERE stream_id = $1 AND fold_key = $2 "
+                "AND folded IS NULL AND created_at > $3 ORDER BY created_at DESC LIMIT 1",
+                stream.id,
+                fold_key,
+                now - window,
+            )
+        digest = await conn.fetchrow(
+            "SELECT id, folded FROM deliveries WHERE stream_id = $1 AND fold_key = $2 AND folded IS NOT NULL "
+            "AND status = 'pending' AND lease_until IS NULL AND due_at > $3 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            stream.id,
+            fold_key,
+            now,
+        )
+        state = FoldState(
+            None if first is None else first[0],
+            None if first is None else first[1],
+            None if digest is None else digest[0],
+        )
+        step = plan(event.key, now, fold_key, held_until, window, state)
+        if isinstance(step, Fold):
+            keys = folded_keys(json.loads(digest[1]), event.key)
+            await conn.execute(
+                "UPDATE deliveries SET folded = $1, folded_total = folded_total + 1 WHERE id = $2",
+                json.dumps(keys),
+                step.delivery_id,
+            )
+            return False
+        insert = (
+            "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fold_key, folded, "
+            "folded_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+        )
+        if isinstance(step, Hold):
+            folded = json.dumps(list(step.folded))
+            key = DIGEST_PREFIX + event.key
+            await conn.execute(
+                insert, key, stream.id, stream.endpoint_hash, now, step.due_at, fold_key, folded, len(step.folded)
+            )
+        else:
+            await conn.execute(insert, event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0)
+        return True
 
     async def get_cursor(self, source: str) -> str | None:
         value: str | None = await self.pool.fetchval("SELECT value FROM cursors WHERE source = $1", source)
@@ -499,8 +602,9 @@ class PostgresStore:
             if not leased:
                 return []
             rows = await conn.fetch(
-                "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, s.account_id, "
-                "s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, e.row_json FROM deliveries d "
+                "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, d.folded, "
+                "d.folded_total, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, "
+                "e.row_json FROM deliveries d "
                 "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
                 "WHERE d.id = ANY($1) ORDER BY d.due_at",
                 [r["id"] for r in leased],
@@ -508,11 +612,24 @@ class PostgresStore:
             claims: list[Claim] = []
             orphans: list[int] = []
             parsed: dict[str, dict[str, Any]] = {}
+            digests = {r["id"]: json.loads(r["folded"]) for r in rows if r["folded"] is not None}
+            if digests:  # the rows they fold, each once
+                wanted = list({k for keys in digests.values() for k in keys})
+                for found in await conn.fetch(
+                    "SELECT event_key, row_json FROM events WHERE event_key = ANY($1)", wanted
+                ):
+                    parsed[found[0]] = json.loads(found[1])
             for r in rows:
-                if r["account_id"] is None or r["row_json"] is None:
+                rows_of: tuple[dict[str, Any], ...] = ()
+                if r["id"] in digests:
+                    rows_of = tuple(parsed[k] for k in digests[r["id"]] if k in parsed)
+                if r["account_id"] is None or (r["row_json"] is None and not rows_of):
                     orphans.append(r["id"])
                     continue
-                row = parsed.get(r["event_key"]) or parsed.setdefault(r["event_key"], json.loads(r["row_json"]))
+                if rows_of:
+                    row = rows_of[-1]
+                else:
+                    row = parsed.get(r["event_key"]) or parsed.setdefault(r["event_key"], json.loads(r["row_json"]))
                 stream = Stream(
                     r["stream_id"],
                     r["account_id"],
@@ -522,7 +639,19 @@ class PostgresStore:
                     r["p256dh"],
                     r["auth"],
                 )
-                claims.append(Claim(r["id"], r["attempts"], r["compact"], r["created_at"], stream, row, r["event_key"]))
+                claims.append(
+                    Claim(
+                        r["id"],
+                        r["attempts"],
+                        r["compact"],
+                        r["created_at"],
+                        stream,
+                        row,
+                        r["event_key"],
+                        rows_of,
+                        r["folded_total"],
+                    )
+                )
             if orphans:
                 await conn.execute(
                     "UPDATE deliveries SET status = 'cancelled', finished_at = $1, lease_until = NULL, "

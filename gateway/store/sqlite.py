@@ -25,7 +25,9 @@ import sqlite_utils
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import match
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, Stream
+from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
+from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
+from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import stream_info as _stream_info
 from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
@@ -141,6 +143,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         DELETE FROM preferences
         """,
     ),
+    (
+        # Pacing: a stream's quiet hours; a delivery's fold key (the burst or quiet window it opens or
+        # belongs to) and, for a digest, the events it folds (JSON keys, oldest first) and their count.
+        "0007_pacing",
+        """
+        ALTER TABLE streams ADD COLUMN quiet_zone TEXT;
+        ALTER TABLE streams ADD COLUMN quiet_start INTEGER;
+        ALTER TABLE streams ADD COLUMN quiet_end INTEGER;
+        ALTER TABLE deliveries ADD COLUMN fold_key TEXT;
+        ALTER TABLE deliveries ADD COLUMN folded TEXT;
+        ALTER TABLE deliveries ADD COLUMN folded_total INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX deliveries_folds ON deliveries (stream_id, fold_key, created_at) WHERE fold_key IS NOT NULL;
+        """,
+    ),
 ]
 
 
@@ -148,8 +164,8 @@ MIGRATIONS: list[tuple[str, str]] = [
 # Python's sqlite3 hands the GIL to and fro around every row it steps through, and with the event
 # loop busy on the other thread each hand-off is a futex wait. One statement step per batch instead.
 _STREAMS_OF = (
-    "SELECT json_group_array(json_array(id, account_id, gateway, endpoint, endpoint_hash)) "
-    "FROM streams WHERE account_id = ?"
+    "SELECT json_group_array(json_array(id, account_id, gateway, endpoint, endpoint_hash, "
+    "quiet_zone, quiet_start, quiet_end)) FROM streams WHERE account_id = ?"
 )
 # DISTINCT inside the aggregate: a subquery's DISTINCT makes the planner walk the account index
 # instead of the updated_at one (300 ms instead of 0.6 ms at a million streams).
@@ -173,8 +189,9 @@ _DUE = (
 )
 _LEASE = "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))"
 _CLAIMED = (
-    "SELECT json_group_array(json_array(d.id, d.attempts, d.compact, d.created_at, d.event_key, d.stream_id, "
-    "s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) FROM deliveries d "
+    "SELECT json_group_array(json_array(d.id, d.attempts, d.compact, d.created_at, d.event_key, d.folded, "
+    "d.folded_total, d.stream_id, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) "
+    "FROM deliveries d "
     "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?))"
 )
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
@@ -189,6 +206,19 @@ _FINISH = (
 
 
 _ACCOUNT_MUTES = "SELECT value_type FROM account_mutes WHERE account_id = ?"
+# Pacing: the latest push of a burst sent at once, and a digest that can still take events.
+_BURST_FIRST = (
+    "SELECT event_key, created_at FROM deliveries WHERE stream_id = ? AND fold_key = ? AND folded IS NULL "
+    "AND created_at > ? ORDER BY created_at DESC LIMIT 1"
+)
+_OPEN_DIGEST = (
+    "SELECT id, folded FROM deliveries WHERE stream_id = ? AND fold_key = ? AND folded IS NOT NULL "
+    "AND status = 'pending' AND lease_until IS NULL AND due_at > ? ORDER BY id DESC LIMIT 1"
+)
+_NEW_PACED = (
+    "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fold_key, folded, "
+    "folded_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _json_value(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
@@ -401,6 +431,20 @@ class SqliteStore:
 
         return await self._tx(run)
 
+    async def set_quiet_hours(self, account_id: str, endpoint: str, quiet: QuietHours | None) -> bool:
+        zone, start, end = quiet if quiet is not None else (None, None, None)
+        return bool(
+            await self._tx(
+                lambda c: (
+                    c.execute(
+                        "UPDATE streams SET quiet_zone = ?, quiet_start = ?, quiet_end = ? "
+                        "WHERE endpoint_hash = ? AND account_id = ?",
+                        (zone, start, end, endpoint_hash(endpoint), account_id),
+                    ).rowcount
+                )
+            )
+        )
+
     # --- ingest ---------------------------------------------------------------------------
 
     async def ingest(
@@ -449,8 +493,10 @@ class SqliteStore:
         c: sqlite3.Connection, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
     ) -> None:
         streams = [
-            Stream(stream_id, account, gateway, endpoint, ehash, "", "")
-            for stream_id, account, gateway, endpoint, ehash in _json_value(c, _STREAMS_OF, (event.receiver,))
+            Stream(stream_id, account, gateway, endpoint, ehash, "", "", quiet_hours(zone, start, end))
+            for stream_id, account, gateway, endpoint, ehash, zone, start, end in _json_value(
+                c, _STREAMS_OF, (event.receiver,)
+            )
         ]
         if not streams:
             return
@@ -472,11 +518,51 @@ class SqliteStore:
             result.skipped[reason] = result.skipped.get(reason, 0) + count
         if not outcome.selected:
             return
-        pairs = json.dumps([[s.id, s.endpoint_hash] for s in outcome.selected])
-        c.execute(_NEW_DELIVERIES, (event.key, now, now, pairs))
-        if policy.max_per_endpoint_per_day:  # the counter exists for the cap alone
-            c.execute(_COUNT_SENT, (day, json.dumps([s.endpoint_hash for s in outcome.selected])))
-        result.deliveries += len(outcome.selected)
+        plain, paced = split_paced(event, outcome.selected, policy, now)
+        created = [s.endpoint_hash for s in plain]
+        if plain:
+            pairs = json.dumps([[s.id, s.endpoint_hash] for s in plain])
+            c.execute(_NEW_DELIVERIES, (event.key, now, now, pairs))
+        for stream, fold_key, held_until in paced:
+            if SqliteStore._pace(c, event, stream, fold_key, held_until, policy, now):
+                created.append(stream.endpoint_hash)
+            else:
+                result.folded += 1
+        if policy.max_per_endpoint_per_day and created:  # the counter exists for the cap alone
+            c.execute(_COUNT_SENT, (day, json.dumps(created)))
+        result.deliveries += len(created)
+
+    @staticmethod
+    def _pace(
+        c: sqlite3.Connection,
+        event: Event,
+        stream: Stream,
+        fold_key: str,
+        held_until: float | None,
+        policy: MatchPolicy,
+        now: float,
+    ) -> bool:
+        """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded)."""
+        window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
+        first = (None, None)
+        if held_until is None:  # quiet hours hold everything: no burst to look for
+            first = c.execute(_BURST_FIRST, (stream.id, fold_key, now - window)).fetchone() or first
+        digest = c.execute(_OPEN_DIGEST, (stream.id, fold_key, now)).fetchone()
+        state = FoldState(first[0], first[1], None if digest is None else digest[0])
+        step = plan(event.key, now, fold_key, held_until, window, state)
+        if isinstance(step, Fold):
+            keys = folded_keys(json.loads(digest[1]), event.key)
+            c.execute(
+                "UPDATE deliveries SET folded = ?, folded_total = folded_total + 1 WHERE id = ?",
+                (json.dumps(keys), step.delivery_id),
+            )
+            return False
+        if isinstance(step, Hold):
+            args = (DIGEST_PREFIX + event.key, stream.id, stream.endpoint_hash, now, step.due_at, fold_key)
+            c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), len(step.folded)))
+        else:
+            c.execute(_NEW_PACED, (event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0))
+        return True
 
     async def get_cursor(self, source: str) -> str | None:
         row = await self._run(lambda c: c.execute("SELECT value FROM cursors WHERE source = ?", (source,)).fetchone())
@@ -493,16 +579,34 @@ class SqliteStore:
                 return []
             c.execute(_LEASE, (now + lease_seconds, due))
             rows = _json_value(c, _CLAIMED, (due,))
-            row_texts = _json_value(c, _CLAIMED_EVENTS, (json.dumps(list({r[4] for r in rows})),))
+            wanted = {r[4] for r in rows if r[5] is None} | {k for r in rows if r[5] for k in json.loads(r[5])}
+            row_texts = _json_value(c, _CLAIMED_EVENTS, (json.dumps(list(wanted)),))
             events: dict[str, dict[str, Any]] = {key: json.loads(text) for key, text in row_texts.items()}
             claims: list[Claim] = []
             orphans: list[int] = []
-            for delivery_id, attempts, compact, created_at, event_key, *stream in rows:
-                row = events.get(event_key)
+            for delivery_id, attempts, compact, created_at, event_key, folded, total, *stream in rows:
+                rows_of: tuple[dict[str, Any], ...] = ()
+                if folded is None:
+                    row = events.get(event_key)
+                else:  # a digest: the rows it folds that are still kept
+                    rows_of = tuple(events[k] for k in json.loads(folded) if k in events)
+                    row = rows_of[-1] if rows_of else None
                 if stream[1] is None or row is None:  # the stream or the event is gone
                     orphans.append(delivery_id)
                     continue
-                claims.append(Claim(delivery_id, attempts, bool(compact), created_at, Stream(*stream), row, event_key))
+                claims.append(
+                    Claim(
+                        delivery_id,
+                        attempts,
+                        bool(compact),
+                        created_at,
+                        Stream(*stream),
+                        row,
+                        event_key,
+                        rows_of,
+                        total,
+                    )
+                )
             if orphans:
                 c.executemany(
                     "UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "
