@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.cli import GC_YOUNG_THRESHOLD
 from gateway.config import NeardataWatcherSettings
 from gateway.ingest import StoreSink
-from gateway.models import MatchPolicy
+from gateway.matcher import MatchPolicy
 from gateway.store import open_store
 from watchers.chain import decode_block, parse_block
 from watchers.neardata import ACCOUNTS_RELOAD, CHANGE_SLACK, NeardataWatcher

@@ -31,13 +31,12 @@ from gateway.exceptions import (
 from gateway.health import CachedCounts
 from gateway.ingest import Ingested, ingest_setting_aside_refused
 from gateway.links import gateway_origin
-from gateway.matcher import policy_from
+from gateway.matcher import MatchPolicy, policy_from
 from gateway.metrics import Metrics
 from gateway.models import (
     CreateStreamRequest,
     DeleteStreamRequest,
     IngestResult,
-    MatchPolicy,
     NotificationRow,
     SetPreferenceRequest,
     SetQuietHoursRequest,

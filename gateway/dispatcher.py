@@ -240,7 +240,7 @@ class Dispatcher:
                     outcome.status,
                     host,
                     time.perf_counter() - started,
-                    now - claim.event_created_at,
+                    None if claim.folded else now - claim.event_created_at,
                 )
             self._outcomes.append(outcome)
             self._outcomes_waiting.set()
@@ -249,7 +249,7 @@ class Dispatcher:
             self._slot_freed.set()
 
     def _payload(self, claim: Claim) -> bytes:
-        if claim.folded:  # a digest is its stream's own
+        def build() -> bytes:
             return build_payload(
                 claim.row,
                 gateway=claim.stream.gateway,
@@ -260,17 +260,13 @@ class Dispatcher:
                 folded=claim.folded,
                 folded_total=claim.folded_total,
             )
+
+        if claim.folded:  # a digest is its stream's own
+            return build()
         key = (claim.event_key, claim.stream.gateway, claim.compact)
         cached = self._payloads.get(key) if claim.event_key else None
         if cached is None:
-            cached = build_payload(
-                claim.row,
-                gateway=claim.stream.gateway,
-                links=self._links,
-                compact=claim.compact,
-                explorer=self._explorer,
-                types=self._settings.types,
-            )
+            cached = build()
             if len(self._payloads) >= PAYLOAD_CACHE:
                 self._payloads.clear()
             self._payloads[key] = cached

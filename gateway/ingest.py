@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.exceptions import StoreRefused
-from gateway.models import Event, IngestResult, MatchPolicy
+from gateway.matcher import MatchPolicy
+from gateway.models import Event, IngestResult
 from gateway.store.base import Lease, Store
 
 

@@ -13,8 +13,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.config import MatchingSettings, PushSettings
-from gateway.models import Event, MatchPolicy, Stream
+from gateway.models import Event, Stream
 from gateway.pacing.digest import Pacing
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """The operator's matching settings, as the matcher (and ingest's pacing) needs them."""
+
+    allowed_value_types: frozenset[str] = frozenset()
+    max_per_endpoint_per_day: int = 0  # 0 = no cap
+    pacing: Pacing | None = None  # [push.types] for digests and quiet hours; None: built-in urgencies only
 
 
 def policy_from(matching: MatchingSettings, push: PushSettings | None = None) -> MatchPolicy:

@@ -148,8 +148,9 @@ class Metrics:
         # prometheus-client's labels() costs a lock and a tuple build on every call.
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float) -> None:
-        """One push attempt ended: its outcome, its request time, and, when sent, the event's age."""
+    def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float | None) -> None:
+        """One push attempt ended: its outcome, its request time, and, when sent, the event's age
+        (None for a digest: held on purpose, its wait is not latency)."""
         children = self._children.get((status, push_host))
         if children is None:
             outcome = _OUTCOME_OF_STATUS.get(status, status)
@@ -157,7 +158,7 @@ class Metrics:
             self._children[(status, push_host)] = children
         children[0].inc()
         children[1].observe(send_seconds)
-        if status == "sent":
+        if status == "sent" and event_age is not None:
             self.event_to_push_seconds.observe(max(0.0, event_age))
 
     async def render(

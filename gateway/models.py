@@ -10,16 +10,13 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.deepjson import loads_without_recursion
-
-if TYPE_CHECKING:
-    from gateway.pacing.digest import Pacing
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint
 
 ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = 2, 64
@@ -303,15 +300,6 @@ class Stream(NamedTuple):  # per-push records are tuples: cheaper to build than 
     p256dh: str
     auth: str
     quiet: QuietHours | None = None  # read at ingest only
-
-
-@dataclass(frozen=True)
-class MatchPolicy:
-    """The operator's matching settings, as the matcher needs them."""
-
-    allowed_value_types: frozenset[str] = frozenset()
-    max_per_endpoint_per_day: int = 0  # 0 = no cap
-    pacing: Pacing | None = None  # digests by type ([push.types]); None: none configured
 
 
 class Claim(NamedTuple):

@@ -17,8 +17,8 @@ import anyio
 from gateway.config import Settings
 from gateway.exceptions import ConfigError
 from gateway.ingest import Ingested, ingest_setting_aside_refused
-from gateway.matcher import policy_from
-from gateway.models import Event, MatchPolicy
+from gateway.matcher import MatchPolicy, policy_from
+from gateway.models import Event
 from gateway.store import open_store
 from gateway.store.base import Store
 from watchers import build_watcher

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StreamCapReached
-from gateway.models import MatchPolicy
+from gateway.matcher import MatchPolicy
 from gateway.store.base import Store
 from tests.conftest import Clock, RunningGateway, row
 from tests.fakepush import FakePushService

@@ -10,8 +10,8 @@ import pytest
 from gateway.config import PushSettings
 from gateway.dispatcher import decide, retry_delay
 from gateway.endpoints import DEFAULT_ALLOWED_ENDPOINTS, endpoint_hash, is_allowed, parse_prefix, redact
-from gateway.matcher import match
-from gateway.models import Claim, Event, MatchPolicy, Stream
+from gateway.matcher import MatchPolicy, match
+from gateway.models import Claim, Event, Stream
 from gateway.pacing.collapse import tag_for
 from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, title_and_body
 from gateway.webpush import PushAnswer, VapidSigner, Verdict, classify, parse_retry_after

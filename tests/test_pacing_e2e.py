@@ -3,6 +3,7 @@ bursts, quiet hours."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -124,29 +125,58 @@ def test_quiet_hours_are_validated_and_need_a_stream(gateway: RunningGateway, fa
     assert [tuple(r) for r in gateway.query("SELECT quiet_zone FROM streams")] == [(None,)]
 
 
+def quiet_now(minutes: int = 3) -> dict[str, str]:
+    """A quiet window (UTC) from this minute to ``minutes`` later."""
+    now = time.gmtime()
+    start = now.tm_hour * 60 + now.tm_min
+    end = (start + minutes) % 1440
+    return {
+        "timeZone": "Etc/UTC",
+        "start": f"{start // 60:02d}:{start % 60:02d}",
+        "end": f"{end // 60:02d}:{end % 60:02d}",
+    }
+
+
 @pytest.mark.slow
 def test_kill_9_while_deliveries_are_held_still_delivers_them_once(
     tmp_path: Path, fake_push: FakePushService, procs: list[Any]
 ) -> None:
-    from tests.test_process import GatewayProcess, write_config
+    from tests.test_process import GatewayProcess, _query, write_config
 
-    push = "poll_interval = 0.2\n[push.types.like]\ndigest = 3.0"
+    push = "poll_interval = 0.2\nclaim_lease = 2.0\n[push.types.like]\ndigest = 3.0"
     config = write_config(tmp_path, fake_push, push, f'[ingest]\ntoken = "{INGEST_TOKEN}"')
-    sub = fake_push.subscribe()
+    bob, carol = fake_push.subscribe(), fake_push.subscribe()
     gw = GatewayProcess(tmp_path, ["--config", str(config)])
     procs.append(gw)
-    body = {"accountId": "bob.near", "gateway": "https://near.social", "subscription": sub.as_json()}
-    assert gw.http.post("/subscriptions/create", json=body).status_code == 201
-    r = gw.http.post("/events", json=likes(4), headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
-    assert (r.json()["deliveries"], r.json()["folded"]) == (2, 2)
-    fake_push.wait_count(sub, 1)
-    gw.kill9()  # the digest is still held: it lives in the outbox, not in the process
-    assert len(fake_push.for_sub(sub)) == 1
+    for account, sub in (("bob.near", bob), ("carol.near", carol)):
+        body = {"accountId": account, "gateway": "https://near.social", "subscription": sub.as_json()}
+        assert gw.http.post("/subscriptions/create", json=body).status_code == 201
+    quiet = {"accountId": "carol.near", "endpoint": carol.endpoint, **quiet_now()}
+    assert gw.http.post("/preferences/quiet", json=quiet).status_code == 201
+    rows = [*likes(4), row(10, "carol.near", "comment"), row(11, "carol.near", "mention")]
+    r = gw.http.post("/events", json=rows, headers={"Authorization": f"Bearer {INGEST_TOKEN}"})
+    assert (r.json()["deliveries"], r.json()["folded"]) == (3, 3)  # bob: first + digest; carol: one held digest
+    fake_push.wait_count(bob, 1)
+    gw.kill9()  # both digests are still held: they live in the outbox, not in the process
+    assert len(fake_push.for_sub(bob)) == 1 and fake_push.for_sub(carol) == []
 
     restarted = GatewayProcess(tmp_path, ["--config", str(config)])
     procs.append(restarted)
-    pushes = fake_push.wait_count(sub, 2, timeout=15)
-    assert pushes[1].payload is not None and pushes[1].payload["body"] == "u4.near and 3 others liked your post"
+    digest_body = "u4.near and 3 others liked your post"
+
+    def bob_digests() -> list[Any]:  # called under the fake's lock (wait_for): reads .received itself
+        return [p for p in fake_push.received if p.sub_id == bob.id and p.payload and p.payload["body"] == digest_body]
+
+    assert fake_push.wait_for(lambda: len(bob_digests()) == 1, timeout=15)
+    # carol's quiet window ends now (time moved by editing the row the restart found)
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        moved = db.execute("UPDATE deliveries SET due_at = ? WHERE event_key = 'digest:ingest:10'", (time.time(),))
+        assert moved.rowcount == 1  # the digest the first held event opened
+    [held] = fake_push.wait_count(carol, 1, timeout=15)
+    assert held.payload is not None and held.payload["title"] == "2 new notifications"
     time.sleep(1.5)
-    assert len(fake_push.for_sub(sub)) == 2 and fake_push.errors == []  # once
+    assert len(bob_digests()) == 1 and len(fake_push.for_sub(carol)) == 1  # each digest once
+    # at-least-once: only bob's first push may come twice, if it was in flight at the kill
+    assert len(fake_push.for_sub(bob)) in (2, 3) and fake_push.errors == []
+    assert {s for (s,) in _query(tmp_path / "gw.db", "SELECT DISTINCT status FROM deliveries")} == {"sent"}
     assert restarted.terminate() == 0

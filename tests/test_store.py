@@ -20,7 +20,8 @@ import pytest
 from gateway.config import TypeDelivery
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StreamCapReached
-from gateway.models import Event, MatchPolicy, QuietHours
+from gateway.matcher import MatchPolicy
+from gateway.models import Event, QuietHours
 from gateway.pacing.digest import Pacing
 from gateway.store.base import Outcome, Store
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
@@ -540,3 +541,21 @@ async def test_a_held_digest_outlives_the_process(make_store: Callable[[], Store
         assert [r["id"] for r in digest.folded] == [1, 2, 3]
     finally:
         await after.close()
+
+
+async def test_a_push_taken_again_after_its_digest_went_out_is_cancelled_not_sent_stale(
+    store: Store, clock: Clock
+) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    t0 = clock.now
+    await store.ingest([event(1)], LIKES_DIGEST)
+    [first] = await store.claim(10, 100)  # sent, and the process died before recording it
+    await store.ingest([event(2)], LIKES_DIGEST)
+    clock.now = t0 + 60
+    [digest] = await store.claim(10, 30)
+    assert digest.folded_total == 2
+    await store.record([Outcome(digest.delivery_id, "sent", 201)])
+    clock.now = t0 + 101  # the first push's lease ends: it would replace the digest with "u1 liked"
+    assert await store.claim(10, 30) == []
+    assert await store.next_due_at() is None
+    assert first.folded == ()

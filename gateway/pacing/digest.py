@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.models import Event, MatchPolicy, QuietHours, Stream
+from gateway.models import Event, QuietHours, Stream
 from gateway.pacing.collapse import collapse_key, hashed
 from gateway.pacing.quiet import quiet_until
 from gateway.pacing.urgency import urgency_for
@@ -89,11 +89,11 @@ def fold_key_for(
 
 
 def split_paced(
-    event: Event, selected: list[Stream], policy: MatchPolicy, now: float
+    event: Event, selected: list[Stream], pacing: Pacing | None, now: float
 ) -> tuple[list[Stream], list[tuple[Stream, str, float | None]]]:
     """The streams that get a plain push now, and those pacing has a say for, with (fold key, end of
     their quiet window). Without digests or quiet hours, all plain: ingest's fast path stays as it was."""
-    pacing = policy.pacing or NO_PACING
+    pacing = pacing or NO_PACING
     if not pacing.folds_bursts and all(s.quiet is None for s in selected):
         return selected, []
     plain: list[Stream] = []

@@ -17,7 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
+from gateway.matcher import MatchPolicy
+from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.store.boundary import StoreStatus
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]

@@ -21,8 +21,8 @@ import asyncpg
 
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
-from gateway.matcher import match
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
+from gateway.matcher import MatchPolicy, match
+from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, stream_info
@@ -501,7 +501,7 @@ class PostgresStore:
             result.skipped[reason] = result.skipped.get(reason, 0) + count
         if not outcome.selected:
             return
-        plain, paced = split_paced(event, outcome.selected, policy, now)
+        plain, paced = split_paced(event, outcome.selected, policy.pacing, now)
         created = [s.endpoint_hash for s in plain]
         if plain:
             await conn.executemany(
@@ -601,12 +601,23 @@ class PostgresStore:
             )
             if not leased:
                 return []
+            # A push taken again after a crash whose burst's digest went out meanwhile would replace the
+            # digest on screen with stale text: it is cancelled instead (the digest carries it).
+            await conn.execute(
+                "UPDATE deliveries SET status = 'cancelled', finished_at = $1, lease_until = NULL, "
+                "reason = 'replaced by a digest already sent' WHERE id = ANY($2) AND fold_key IS NOT NULL "
+                "AND folded IS NULL AND EXISTS (SELECT 1 FROM deliveries g WHERE g.stream_id = deliveries.stream_id "
+                "AND g.fold_key = deliveries.fold_key AND g.folded IS NOT NULL AND g.status = 'sent' "
+                "AND g.created_at >= deliveries.created_at)",
+                now,
+                [r["id"] for r in leased],
+            )
             rows = await conn.fetch(
                 "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, d.folded, "
                 "d.folded_total, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, "
                 "e.row_json FROM deliveries d "
                 "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
-                "WHERE d.id = ANY($1) ORDER BY d.due_at",
+                "WHERE d.id = ANY($1) AND d.status = 'pending' ORDER BY d.due_at",
                 [r["id"] for r in leased],
             )
             claims: list[Claim] = []

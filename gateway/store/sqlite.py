@@ -24,8 +24,8 @@ import sqlite_utils
 
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
-from gateway.matcher import match
-from gateway.models import Claim, Event, IngestResult, MatchPolicy, QuietHours, Stream
+from gateway.matcher import MatchPolicy, match
+from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts as _count_hosts
@@ -192,7 +192,16 @@ _CLAIMED = (
     "SELECT json_group_array(json_array(d.id, d.attempts, d.compact, d.created_at, d.event_key, d.folded, "
     "d.folded_total, d.stream_id, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) "
     "FROM deliveries d "
-    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?))"
+    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?)) AND d.status = 'pending'"
+)
+# A push taken again after a crash whose burst's digest went out meanwhile would replace the digest on
+# screen with stale text: it is cancelled instead (the digest carries it).
+_REPLACED = (
+    "UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "
+    "reason = 'replaced by a digest already sent' WHERE id IN (SELECT value FROM json_each(?)) "
+    "AND fold_key IS NOT NULL AND folded IS NULL AND EXISTS (SELECT 1 FROM deliveries g "
+    "WHERE g.stream_id = deliveries.stream_id AND g.fold_key = deliveries.fold_key AND g.folded IS NOT NULL "
+    "AND g.status = 'sent' AND g.created_at >= deliveries.created_at)"
 )
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
     # parser (SQLite's json() refuses what json.dumps may write, such as NaN, and one bad row must not
@@ -518,7 +527,7 @@ class SqliteStore:
             result.skipped[reason] = result.skipped.get(reason, 0) + count
         if not outcome.selected:
             return
-        plain, paced = split_paced(event, outcome.selected, policy, now)
+        plain, paced = split_paced(event, outcome.selected, policy.pacing, now)
         created = [s.endpoint_hash for s in plain]
         if plain:
             pairs = json.dumps([[s.id, s.endpoint_hash] for s in plain])
@@ -578,6 +587,7 @@ class SqliteStore:
             if due == "[]":
                 return []
             c.execute(_LEASE, (now + lease_seconds, due))
+            c.execute(_REPLACED, (now, due))
             rows = _json_value(c, _CLAIMED, (due,))
             wanted = {r[4] for r in rows if r[5] is None} | {k for r in rows if r[5] for k in json.loads(r[5])}
             row_texts = _json_value(c, _CLAIMED_EVENTS, (json.dumps(list(wanted)),))
