@@ -121,7 +121,7 @@ class TypeDelivery(_Section):
     topic: TopicMode = "item"
     # Seconds a burst is folded for: the first push goes at once, the rest of the window comes as
     # one digest replacing it ("alice.near and 4 others liked your post"). 0 = every push alone.
-    digest: float = Field(0.0, ge=0, le=86400)
+    digest: float = Field(0.0, ge=0, le=86400)  # at most a day (pacing/digest.py MAX_DIGEST_REACH)
 
 
 class PushSettings(_Section):

@@ -559,3 +559,15 @@ async def test_a_push_taken_again_after_its_digest_went_out_is_cancelled_not_sen
     assert await store.claim(10, 30) == []
     assert await store.next_due_at() is None
     assert first.folded == ()
+
+
+async def test_a_purge_keeps_the_events_a_held_digest_folds(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    minute = minute_of_day(clock.now)
+    await store.set_quiet_hours("bob.near", E1, QuietHours("UTC", minute, (minute + 2) % 1440))
+    await store.ingest([event(1), event(2)], MatchPolicy(pacing=Pacing()))
+    clock.now += 1
+    await store.purge(older_than=clock.now)  # a retention shorter than the hold
+    clock.now += 120
+    [digest] = await store.claim(10, 30)
+    assert [r["id"] for r in digest.folded] == [1, 2]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 QUIET = "quiet"  # the fold key of the digest quiet hours hold
 DIGEST_PREFIX = "digest:"  # a digest row's event key: this + the key of the event that opened it
+MAX_DIGEST_REACH = 86400.0  # seconds before its row a digest's events may be: the longest digest window
 MAX_FOLDED_KEYS = 64  # event keys a digest row lists (its count goes on): more would not fit one push
 
 
@@ -121,6 +122,14 @@ def plan(event_key: str, now: float, fold_key: str, held_until: float | None, wi
 def folded_keys(keys: list[str], event_key: str) -> list[str]:
     """A digest's key list with one more event: the newest MAX_FOLDED_KEYS (the count says the rest)."""
     return [*keys, event_key][-MAX_FOLDED_KEYS:]
+
+
+def events_purged_before(older_than: float, oldest_open_digest: float | None) -> float:
+    """Events before this may be purged: the retention cut, but never the events an open digest
+    (held by a long window or quiet hours) folds, which a purge cannot see in its JSON list."""
+    if oldest_open_digest is None:
+        return older_than
+    return min(older_than, float(oldest_open_digest) - MAX_DIGEST_REACH)
 
 
 def digest_tag(rows: list[dict[str, Any]], types: Mapping[str, TypeDelivery] | None = None) -> str:

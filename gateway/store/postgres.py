@@ -23,7 +23,16 @@ from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
-from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
+from gateway.pacing.digest import (
+    DIGEST_PREFIX,
+    Fold,
+    FoldState,
+    Hold,
+    events_purged_before,
+    folded_keys,
+    plan,
+    split_paced,
+)
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, stream_info
 from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
@@ -135,6 +144,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE deliveries ADD COLUMN fold_key TEXT, ADD COLUMN folded TEXT,
             ADD COLUMN folded_total INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX deliveries_folds ON deliveries (stream_id, fold_key, created_at) WHERE fold_key IS NOT NULL;
+        CREATE INDEX deliveries_open_digests ON deliveries (created_at) WHERE folded IS NOT NULL AND status = 'pending';
         """,
     ),
 ]
@@ -842,10 +852,13 @@ class PostgresStore:
             status = await conn.execute(
                 "DELETE FROM deliveries WHERE status <> 'pending' AND finished_at < $1", older_than
             )
+            oldest_digest = await conn.fetchval(
+                "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
+            )
             await conn.execute(
                 "DELETE FROM events WHERE created_at < $1 AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries d WHERE d.event_key = events.event_key)",
-                older_than,
+                events_purged_before(older_than, oldest_digest),
             )
             await conn.execute("DELETE FROM endpoint_daily WHERE day < $1", utc_day(older_than))
         return int(status.split()[-1])

@@ -26,7 +26,16 @@ from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
 from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
-from gateway.pacing.digest import DIGEST_PREFIX, Fold, FoldState, Hold, folded_keys, plan, split_paced
+from gateway.pacing.digest import (
+    DIGEST_PREFIX,
+    Fold,
+    FoldState,
+    Hold,
+    events_purged_before,
+    folded_keys,
+    plan,
+    split_paced,
+)
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import stream_info as _stream_info
@@ -155,6 +164,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE deliveries ADD COLUMN folded TEXT;
         ALTER TABLE deliveries ADD COLUMN folded_total INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX deliveries_folds ON deliveries (stream_id, fold_key, created_at) WHERE fold_key IS NOT NULL;
+        CREATE INDEX deliveries_open_digests ON deliveries (created_at) WHERE folded IS NOT NULL AND status = 'pending';
         """,
     ),
 ]
@@ -203,6 +213,7 @@ _REPLACED = (
     "WHERE g.stream_id = deliveries.stream_id AND g.fold_key = deliveries.fold_key AND g.folded IS NOT NULL "
     "AND g.status = 'sent' AND g.created_at >= deliveries.created_at)"
 )
+_OLDEST_OPEN_DIGEST = "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
     # parser (SQLite's json() refuses what json.dumps may write, such as NaN, and one bad row must not
     # fail every claim)
@@ -816,10 +827,11 @@ class SqliteStore:
             n = c.execute(
                 "DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?", (older_than,)
             ).rowcount
+            (oldest_digest,) = c.execute(_OLDEST_OPEN_DIGEST).fetchone()
             c.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries d WHERE d.event_key = events.event_key)",
-                (older_than,),
+                (events_purged_before(older_than, oldest_digest),),
             )
             c.execute("DELETE FROM endpoint_daily WHERE day < ?", (utc_day(older_than),))
             return int(n)
