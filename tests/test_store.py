@@ -23,7 +23,7 @@ from gateway.exceptions import StreamCapReached
 from gateway.matcher import MatchPolicy
 from gateway.models import Event, QuietHours
 from gateway.pacing.digest import Pacing
-from gateway.store.base import Outcome, Store
+from gateway.store.base import ACCOUNT_READER, Outcome, Store
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
@@ -571,3 +571,70 @@ async def test_a_purge_keeps_the_events_a_held_digest_folds(store: Store, clock:
     clock.now += 120
     [digest] = await store.claim(10, 30)
     assert [r["id"] for r in digest.folded] == [1, 2]
+
+
+# --- the inbox --------------------------------------------------------------------------------------
+
+B1, B2 = endpoint_hash(E1), endpoint_hash(E2)
+
+
+async def test_every_matched_notification_goes_to_the_inbox_whatever_became_of_its_push(store: Store) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.set_preference("bob.near", E1, "poke", True, scope="browser")  # muted on the browser
+    result = await store.ingest(
+        [event(1), event(2, value_type="poke"), event(3, receiver="nobody.near")],
+        MatchPolicy(max_per_endpoint_per_day=1),
+    )
+    assert result.deliveries == 1  # one pushed; the poke muted; nobody.near has no stream
+    items = await store.inbox("bob.near", B1)
+    assert [(i.row["id"], i.value_type, i.read) for i in items] == [(2, "poke", False), (1, "like", False)]
+    assert await store.inbox("nobody.near", B1) == []
+    assert (await store.ingest([event(1)], MatchPolicy())).skipped == {"duplicate_event": 1}
+    assert len(await store.inbox("bob.near", B1)) == 2  # an event is in the inbox once
+
+
+async def test_read_marks_are_per_browser_and_the_accounts_count_on_every_browser(store: Store) -> None:
+    for endpoint in (E1, E2):
+        await store.upsert_stream("bob.near", "https://near.org", endpoint, P256DH, AUTH)
+    await store.ingest([event(n) for n in range(1, 6)], MatchPolicy())
+    ids = [i.id for i in await store.inbox("bob.near", B1)]  # newest first
+    assert await store.unread_count("bob.near", B1) == 5 and await store.unread_count("bob.near", B2) == 5
+    await store.mark_read("bob.near", B1, ids=[ids[0]])
+    assert await store.unread_count("bob.near", B1) == 4 and await store.unread_count("bob.near", B2) == 5
+    assert [i.read for i in await store.inbox("bob.near", B1)] == [True, False, False, False, False]
+    await store.mark_read("bob.near", B1, up_to=ids[3])  # everything up to the second oldest
+    assert [i.read for i in await store.inbox("bob.near", B1)] == [True, False, False, True, True]
+    await store.mark_read("bob.near", ACCOUNT_READER, ids=[ids[1]])  # the proven account's mark
+    assert [i.read for i in await store.inbox("bob.near", B2)] == [False, True, False, False, False]
+    assert await store.unread_count("bob.near", B1) == 1
+    await store.mark_read("bob.near", B2, up_to=await store.newest_inbox_id("bob.near"))  # all read
+    assert await store.unread_count("bob.near", B2) == 0
+    await store.mark_read("carol.near", B1, ids=ids)  # another account's ids are no marks of bob's
+    assert await store.unread_count("bob.near", B1) == 1
+
+
+async def test_a_new_browser_starts_with_nothing_unread_and_the_inbox_pages_by_id(store: Store) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(n) for n in range(1, 8)], MatchPolicy())
+    await store.upsert_stream("bob.near", "https://near.org", E2, P256DH, AUTH)
+    assert await store.unread_count("bob.near", B2) == 0
+    await store.ingest([event(8)], MatchPolicy())
+    assert await store.unread_count("bob.near", B2) == 1 and await store.unread_count("bob.near", B1) == 8
+    first = await store.inbox("bob.near", B1, limit=3)
+    second = await store.inbox("bob.near", B1, before=first[-1].id, limit=3)
+    rest = await store.inbox("bob.near", B1, before=second[-1].id, limit=3)
+    assert [i.row["id"] for i in first + second + rest] == [8, 7, 6, 5, 4, 3, 2, 1]
+    assert await store.unread_count("bob.near", B1, cap=5) == 5
+
+
+async def test_the_inbox_is_kept_for_its_own_retention(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1)], MatchPolicy())
+    [item] = await store.inbox("bob.near", B1)
+    await store.mark_read("bob.near", B1, ids=[item.id])
+    clock.now += 10
+    await store.ingest([event(2)], MatchPolicy())
+    await store.purge(older_than=clock.now + 1)  # deliveries and events go...
+    assert len(await store.inbox("bob.near", B1)) == 2  # ...the inbox stays
+    await store.purge(older_than=clock.now, inbox_older_than=clock.now - 5)
+    assert [i.row["id"] for i in await store.inbox("bob.near", B1)] == [2]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from gateway.matcher import MatchPolicy
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
@@ -51,6 +51,22 @@ class DeadLetter:
     attempts: int
     created_at: float
     finished_at: float | None
+
+
+UNREAD_CAP = 1000  # an unread count stops at this ("999+"): counting further would cost more than it says
+ACCOUNT_READER = "*"  # the reader of read marks made for the account (proven), on every browser
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """One notification in an account's inbox, as one reader sees it."""
+
+    id: int
+    event_key: str
+    value_type: str
+    row: dict[str, Any]
+    created_at: float
+    read: bool
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,28 @@ class Store(Protocol):
         """Set (or, with None, clear) the quiet hours of the account's stream on ``endpoint``. False
         when no such stream exists. Deliveries already held keep their time."""
 
+    # --- the inbox: every notification matched for an account, read marks per reader ---
+    # A reader is a browser (its endpoint hash) or ACCOUNT_READER; an item is read for a browser when it
+    # or the account marked it. A browser's marks start at the account's newest item when its first
+    # stream is created (its inbox holds what came since).
+
+    async def inbox(
+        self, account_id: str, reader: str, *, before: int | None = None, limit: int = 50
+    ) -> list[InboxItem]:
+        """The account's items newest first, below id ``before`` when given, with ``reader``'s read state."""
+
+    async def unread_count(self, account_id: str, reader: str, *, cap: int = UNREAD_CAP) -> int:
+        """Items unread for ``reader``, counted up to ``cap``."""
+
+    async def mark_read(
+        self, account_id: str, reader: str, *, ids: list[int] | None = None, up_to: int | None = None
+    ) -> None:
+        """Mark items read for ``reader``: every one up to id ``up_to``, and those ``ids`` (others' ids
+        are ignored)."""
+
+    async def newest_inbox_id(self, account_id: str) -> int:
+        """The id of the account's newest item (0 when none): "mark all read" marks up to it."""
+
     # --- ingest: matcher + outbox + cursor in one transaction ---
     async def ingest(
         self,
@@ -199,8 +237,9 @@ class Store(Protocol):
     async def set_cursor(self, source: str, value: str) -> None:
         """Move a watcher's cursor (replays)."""
 
-    async def purge(self, older_than: float) -> int:
-        """Delete finished deliveries and events created before ``older_than`` (epoch seconds)."""
+    async def purge(self, older_than: float, inbox_older_than: float | None = None) -> int:
+        """Delete finished deliveries and events created before ``older_than`` (epoch seconds), and
+        inbox items created before ``inbox_older_than`` when given."""
 
     def leadership(self, name: str) -> AbstractAsyncContextManager[Lease]:
         """Wait until this process leads ``name`` (one process at a time across all sharing the store)."""

@@ -35,7 +35,7 @@ from gateway.pacing.digest import (
 )
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, stream_info
-from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
+from gateway.store.base import UNREAD_CAP, DeadLetter, InboxItem, Lease, MuteScope, Outcome, StreamInfo
 from gateway.store.boundary import StoreStatus, guard_calls
 from gateway.store.sqlite import utc_day
 
@@ -147,7 +147,50 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_open_digests ON deliveries (created_at) WHERE folded IS NOT NULL AND status = 'pending';
         """,
     ),
+    (
+        # The inbox: every notification matched for an account, kept [inbox] days, with read marks per
+        # reader (a browser's endpoint hash, or '*' for the proven account): all up to a mark, and ones.
+        "0006_inbox",
+        """
+        CREATE TABLE inbox (
+            id BIGSERIAL PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            row_json TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (account_id, event_key)
+        );
+        CREATE INDEX inbox_by_account ON inbox (account_id, id);
+        CREATE INDEX inbox_by_created ON inbox (created_at);
+        CREATE TABLE inbox_marks (
+            account_id TEXT NOT NULL,
+            reader TEXT NOT NULL,
+            up_to BIGINT NOT NULL,
+            PRIMARY KEY (account_id, reader)
+        );
+        CREATE TABLE inbox_read (
+            account_id TEXT NOT NULL,
+            reader TEXT NOT NULL,
+            inbox_id BIGINT NOT NULL,
+            PRIMARY KEY (account_id, reader, inbox_id)
+        );
+        INSERT INTO inbox_marks SELECT DISTINCT account_id, endpoint_hash, 0 FROM streams;
+        """,
+    ),
 ]
+
+
+# The inbox (as in the SQLite store). $1 account, $2 reader.
+_NEW_READER = (
+    "INSERT INTO inbox_marks SELECT $1::text, $2::text, COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1 "
+    "ON CONFLICT DO NOTHING"
+)
+_READ_UP_TO = "SELECT COALESCE(MAX(up_to), 0) AS up_to FROM inbox_marks WHERE account_id = $1 AND reader IN ($2, '*')"
+_IS_READ = (
+    "(i.id <= m.up_to OR EXISTS (SELECT 1 FROM inbox_read r WHERE r.account_id = i.account_id "
+    "AND r.reader IN ($2, '*') AND r.inbox_id = i.id))"
+)
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -350,6 +393,8 @@ class PostgresStore:
                 auth,
                 now,
             )
+            if inserted:
+                await conn.execute(_NEW_READER, account_id, ehash)
             return inserted
 
     async def use_nonce(self, nonce: str, expires_at: float) -> bool:
@@ -416,6 +461,62 @@ class PostgresStore:
                     value_type,
                 )
             return True
+
+    # --- the inbox ------------------------------------------------------------------------
+
+    async def inbox(
+        self, account_id: str, reader: str, *, before: int | None = None, limit: int = 50
+    ) -> list[InboxItem]:
+        rows = await self.pool.fetch(
+            f"WITH m AS ({_READ_UP_TO}) SELECT i.id, i.event_key, i.value_type, i.row_json, i.created_at, "  # noqa: S608
+            f"{_IS_READ} AS read FROM inbox i, m WHERE i.account_id = $1 AND i.id < $3 ORDER BY i.id DESC LIMIT $4",
+            account_id,
+            reader,
+            before if before is not None else 2**62,
+            limit,
+        )
+        return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5])) for r in rows]
+
+    async def unread_count(self, account_id: str, reader: str, *, cap: int = UNREAD_CAP) -> int:
+        count = await self.pool.fetchval(
+            f"WITH m AS ({_READ_UP_TO}) SELECT COUNT(*) FROM (SELECT 1 FROM inbox i, m WHERE i.account_id = $1 "  # noqa: S608
+            f"AND i.id > m.up_to AND NOT {_IS_READ} LIMIT $3) unread",
+            account_id,
+            reader,
+            cap,
+        )
+        return int(count)
+
+    async def mark_read(
+        self, account_id: str, reader: str, *, ids: list[int] | None = None, up_to: int | None = None
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if up_to is not None:
+                await conn.execute(
+                    "INSERT INTO inbox_marks VALUES ($1, $2, $3) ON CONFLICT (account_id, reader) "
+                    "DO UPDATE SET up_to = GREATEST(inbox_marks.up_to, EXCLUDED.up_to)",
+                    account_id,
+                    reader,
+                    up_to,
+                )
+                await conn.execute(
+                    "DELETE FROM inbox_read WHERE account_id = $1 AND reader = $2 AND inbox_id <= $3",
+                    account_id,
+                    reader,
+                    up_to,
+                )
+            if ids:
+                await conn.execute(
+                    "INSERT INTO inbox_read SELECT $1::text, $2::text, id FROM inbox WHERE account_id = $1 "
+                    "AND id = ANY($3) ON CONFLICT DO NOTHING",
+                    account_id,
+                    reader,
+                    ids,
+                )
+
+    async def newest_inbox_id(self, account_id: str) -> int:
+        value = await self.pool.fetchval("SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1", account_id)
+        return int(value)
 
     # --- ingest ----------------------------------------------------------------------------
 
@@ -484,6 +585,16 @@ class PostgresStore:
         ]
         if not streams:
             return
+        if not policy.allowed_value_types or event.value_type in policy.allowed_value_types:
+            await conn.execute(
+                "INSERT INTO inbox (account_id, event_key, value_type, row_json, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                event.receiver,
+                event.key,
+                event.value_type,
+                json.dumps(event.row),
+                now,
+            )
         blocked: dict[str, set[str]] = {}
         for r in await conn.fetch(
             "SELECT endpoint_hash, value_type FROM preferences WHERE account_id = $1", event.receiver
@@ -846,7 +957,7 @@ class PostgresStore:
         finally:
             conn.terminate()  # ending the session releases the lock
 
-    async def purge(self, older_than: float) -> int:
+    async def purge(self, older_than: float, inbox_older_than: float | None = None) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM used_nonces WHERE expires_at < $1", self._clock())
             status = await conn.execute(
@@ -861,6 +972,11 @@ class PostgresStore:
                 events_purged_before(older_than, oldest_digest),
             )
             await conn.execute("DELETE FROM endpoint_daily WHERE day < $1", utc_day(older_than))
+            if inbox_older_than is not None:
+                await conn.execute("DELETE FROM inbox WHERE created_at < $1", inbox_older_than)
+                await conn.execute(
+                    "DELETE FROM inbox_read r WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.id = r.inbox_id)"
+                )
         return int(status.split()[-1])
 
 

@@ -39,7 +39,7 @@ from gateway.pacing.digest import (
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import stream_info as _stream_info
-from gateway.store.base import DeadLetter, Lease, MuteScope, Outcome, StreamInfo
+from gateway.store.base import UNREAD_CAP, DeadLetter, InboxItem, Lease, MuteScope, Outcome, StreamInfo
 from gateway.store.boundary import StoreStatus, guard_calls
 
 T = TypeVar("T")
@@ -167,6 +167,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_open_digests ON deliveries (created_at) WHERE folded IS NOT NULL AND status = 'pending';
         """,
     ),
+    (
+        # The inbox: every notification matched for an account, kept [inbox] days, with read marks per
+        # reader (a browser's endpoint hash, or '*' for the proven account): all up to a mark, and ones.
+        "0008_inbox",
+        """
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            row_json TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (account_id, event_key)
+        );
+        CREATE INDEX inbox_by_account ON inbox (account_id, id);
+        CREATE INDEX inbox_by_created ON inbox (created_at);
+        CREATE TABLE inbox_marks (
+            account_id TEXT NOT NULL,
+            reader TEXT NOT NULL,
+            up_to INTEGER NOT NULL,
+            PRIMARY KEY (account_id, reader)
+        );
+        CREATE TABLE inbox_read (
+            account_id TEXT NOT NULL,
+            reader TEXT NOT NULL,
+            inbox_id INTEGER NOT NULL,
+            PRIMARY KEY (account_id, reader, inbox_id)
+        );
+        INSERT INTO inbox_marks SELECT DISTINCT account_id, endpoint_hash, 0 FROM streams;
+        """,
+    ),
 ]
 
 
@@ -212,6 +243,19 @@ _REPLACED = (
     "AND fold_key IS NOT NULL AND folded IS NULL AND EXISTS (SELECT 1 FROM deliveries g "
     "WHERE g.stream_id = deliveries.stream_id AND g.fold_key = deliveries.fold_key AND g.folded IS NOT NULL "
     "AND g.status = 'sent' AND g.created_at >= deliveries.created_at)"
+)
+# The inbox. A new browser's mark starts at the account's newest item: what it missed is from then on.
+_NEW_READER = (
+    "INSERT OR IGNORE INTO inbox_marks VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = ?))"
+)
+_TO_INBOX = (
+    "INSERT OR IGNORE INTO inbox (account_id, event_key, value_type, row_json, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+# Read for a reader: at or below its mark or the account's, or marked one by one by either.
+_READ_UP_TO = "SELECT COALESCE(MAX(up_to), 0) FROM inbox_marks WHERE account_id = ? AND reader IN (?, '*')"
+_IS_READ = (
+    "(i.id <= ? OR EXISTS (SELECT 1 FROM inbox_read r WHERE r.account_id = i.account_id "
+    "AND r.reader IN (?, '*') AND r.inbox_id = i.id))"
 )
 _OLDEST_OPEN_DIGEST = "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
@@ -405,6 +449,7 @@ class SqliteStore:
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (account_id, gateway, endpoint, ehash, p256dh, auth, now, now),
             )
+            c.execute(_NEW_READER, (account_id, ehash, account_id))
             return True
 
         return await self._tx(run)
@@ -465,6 +510,63 @@ class SqliteStore:
             )
         )
 
+    # --- the inbox ------------------------------------------------------------------------
+
+    async def inbox(
+        self, account_id: str, reader: str, *, before: int | None = None, limit: int = 50
+    ) -> list[InboxItem]:
+        def run(c: sqlite3.Connection) -> list[InboxItem]:
+            (up_to,) = c.execute(_READ_UP_TO, (account_id, reader)).fetchone()
+            rows = c.execute(
+                f"SELECT i.id, i.event_key, i.value_type, i.row_json, i.created_at, {_IS_READ} FROM inbox i "  # noqa: S608
+                "WHERE i.account_id = ? AND i.id < ? ORDER BY i.id DESC LIMIT ?",
+                (up_to, reader, account_id, before if before is not None else 2**62, limit),
+            ).fetchall()
+            return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5])) for r in rows]
+
+        return await self._run(run)
+
+    async def unread_count(self, account_id: str, reader: str, *, cap: int = UNREAD_CAP) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            (up_to,) = c.execute(_READ_UP_TO, (account_id, reader)).fetchone()
+            (count,) = c.execute(
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM inbox i WHERE i.account_id = ? AND i.id > ? "  # noqa: S608
+                f"AND NOT {_IS_READ} LIMIT ?)",
+                (account_id, up_to, up_to, reader, cap),
+            ).fetchone()
+            return int(count)
+
+        return await self._run(run)
+
+    async def mark_read(
+        self, account_id: str, reader: str, *, ids: list[int] | None = None, up_to: int | None = None
+    ) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            if up_to is not None:
+                c.execute(
+                    "INSERT INTO inbox_marks VALUES (?, ?, ?) ON CONFLICT (account_id, reader) "
+                    "DO UPDATE SET up_to = MAX(up_to, excluded.up_to)",
+                    (account_id, reader, up_to),
+                )
+                c.execute(
+                    "DELETE FROM inbox_read WHERE account_id = ? AND reader = ? AND inbox_id <= ?",
+                    (account_id, reader, up_to),
+                )
+            if ids:
+                c.execute(
+                    "INSERT OR IGNORE INTO inbox_read SELECT ?, ?, id FROM inbox WHERE account_id = ? "
+                    "AND id IN (SELECT value FROM json_each(?))",
+                    (account_id, reader, account_id, json.dumps(ids)),
+                )
+
+        await self._tx(run)
+
+    async def newest_inbox_id(self, account_id: str) -> int:
+        row = await self._run(
+            lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = ?", (account_id,)).fetchone()
+        )
+        return int(row[0])
+
     # --- ingest ---------------------------------------------------------------------------
 
     async def ingest(
@@ -520,6 +622,8 @@ class SqliteStore:
         ]
         if not streams:
             return
+        if not policy.allowed_value_types or event.value_type in policy.allowed_value_types:
+            c.execute(_TO_INBOX, (event.receiver, event.key, event.value_type, json.dumps(event.row), now))
         blocked: dict[str, set[str]] = {}
         for r in c.execute("SELECT endpoint_hash, value_type FROM preferences WHERE account_id = ?", (event.receiver,)):
             blocked.setdefault(r[0], set()).add(r[1])
@@ -821,7 +925,7 @@ class SqliteStore:
 
         return await self._tx(run)
 
-    async def purge(self, older_than: float) -> int:
+    async def purge(self, older_than: float, inbox_older_than: float | None = None) -> int:
         def run(c: sqlite3.Connection) -> int:
             c.execute("DELETE FROM used_nonces WHERE expires_at < ?", (self._clock(),))
             n = c.execute(
@@ -834,6 +938,9 @@ class SqliteStore:
                 (events_purged_before(older_than, oldest_digest),),
             )
             c.execute("DELETE FROM endpoint_daily WHERE day < ?", (utc_day(older_than),))
+            if inbox_older_than is not None:
+                c.execute("DELETE FROM inbox WHERE created_at < ?", (inbox_older_than,))
+                c.execute("DELETE FROM inbox_read WHERE inbox_id NOT IN (SELECT id FROM inbox)")
             return int(n)
 
         return await self._tx(run)
