@@ -28,6 +28,7 @@ from gateway.links import gateway_origin
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, client_bucket, keyed_frontend, retry_after_header
 from gateway.store.base import Store
+from gateway.v1.routes import router as v1_router
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ def create_app(
         settings, store, vapid_public_key, on_ingest, watcher_states, metrics or Metrics(), sender
     )
     app.include_router(router)
+    app.include_router(v1_router)
     app.include_router(admin.router)
     app.include_router(admin.page)
 

@@ -63,6 +63,8 @@ class SecuritySettings(_Section):
     rpc_cache_seconds: float = Field(300.0, ge=0)  # how long a key's answer from the RPC is reused
     signature_recipient: str = "near-push-gateway"  # the NEP-413 recipient the frontend must sign for
     signature_max_age: float = Field(300.0, gt=0)  # seconds a signed message stays valid (and its nonce remembered)
+    # seconds either side of the gateway's clock a /v1 request signature is accepted (each once)
+    request_signature_max_age: float = Field(300.0, gt=0)
     allow_function_call_keys: bool = False  # accept signatures by function-call access keys, not only full access
 
     @field_validator("near_rpc_url")
@@ -406,6 +408,10 @@ class AdminSettings(_Section):
     token: str = ""  # bearer token for /admin (dashboard) and /admin/api; empty disables them
 
 
+class InboxSettings(_Section):
+    days: float = Field(30.0, gt=0)  # notifications kept in each account's inbox (read or not)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -421,6 +427,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     security: SecuritySettings = SecuritySettings()
     explorer: ExplorerSettings = ExplorerSettings()
+    inbox: InboxSettings = InboxSettings()
     # No [[watchers]] in the file: follow NEAR mainnet through neardata (default_watchers()).
     # `watchers = []` runs none.
     watchers: list[WatcherSettings] = Field(default_factory=default_watchers)

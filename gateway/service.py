@@ -258,7 +258,8 @@ class Gateway:
         retention = self.settings.push.retention_days * 86400
         while True:
             try:
-                purged = await store.purge(time.time() - retention)
+                now = time.time()
+                purged = await store.purge(now - retention, now - self.settings.inbox.days * 86400)
                 if purged:
                     log.info(
                         "purged %d finished deliveries older than %.0f days", purged, self.settings.push.retention_days

@@ -1,0 +1,240 @@
+"""``/v1``: the gateway's own API for browsers, every request signed with the subscription's secret
+(``gateway.v1.signing``). A browser manages what it holds — its streams, its read marks — and reads
+the inbox of the accounts it has streams for. Errors have the one shape of the NEAR routes
+(``ErrorBody``) with stable codes; lists page by an opaque cursor; reads a page polls carry an
+``ETag`` and answer 304 to ``If-None-Match``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from gateway.api import PUBLIC_ERRORS, ApiContext
+from gateway.endpoints import InvalidEndpoint, canonical_endpoint, endpoint_hash
+from gateway.exceptions import BadRequest, Forbidden, Unauthorized
+from gateway.links import click_url
+from gateway.models import AccountId
+from gateway.payload import title_and_body
+from gateway.store.base import UNREAD_CAP, InboxItem, StreamInfo
+from gateway.v1.signing import SignedHeaders, SigningError, parse_time, verify
+
+PAGE_SIZE = 50  # inbox items per page unless ``limit`` asks for fewer or more...
+MAX_PAGE_SIZE = 200  # ...up to this
+MAX_READ_IDS = 500  # ids one mark-read request may name
+
+SIGNED_ERRORS: dict[int | str, dict[str, Any]] = {**PUBLIC_ERRORS, 304: {"description": "Not Modified"}}
+router = APIRouter(prefix="/v1", tags=["v1"], responses=SIGNED_ERRORS)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A browser that proved it holds a subscription: its endpoint's hash and its streams."""
+
+    endpoint_hash: str
+    streams: list[StreamInfo]
+
+    def stream_of(self, account_id: str) -> StreamInfo:
+        for info in self.streams:
+            if info.stream.account_id == account_id:
+                return info
+        raise Forbidden("not_your_account", "this subscription has no stream for that account")
+
+
+def _ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+async def signed_caller(request: Request) -> Caller:
+    """The browser behind a signed request, or 401 with why not (``signature_required``,
+    ``signature_expired``, ``invalid_signature``, ``unknown_subscription``, ``signature_replayed``)."""
+    ctx = _ctx(request)
+    given = [request.headers.get(h) for h in ("x-push-endpoint", "x-push-time", "x-push-nonce", "x-push-signature")]
+    if not all(given):
+        raise Unauthorized(
+            "signature_required", "sign the request: X-Push-Endpoint, X-Push-Time, X-Push-Nonce, X-Push-Signature"
+        )
+    headers = SignedHeaders(*(str(g) for g in given))
+    max_age = ctx.settings.security.request_signature_max_age
+    try:
+        signed_at = parse_time(headers.time, time.time(), max_age)
+        endpoint = canonical_endpoint(headers.endpoint)
+    except SigningError as exc:
+        raise Unauthorized(exc.code, exc.message) from None
+    except InvalidEndpoint:
+        raise Unauthorized("invalid_signature", "X-Push-Endpoint is not a push endpoint") from None
+    ehash = endpoint_hash(endpoint)
+    streams = await ctx.store.list_streams(endpoint_hash=ehash)
+    if not streams:
+        raise Unauthorized("unknown_subscription", "no stream holds this subscription")
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    try:
+        verify(streams[0].stream.auth, headers, request.method, target, await request.body())
+    except SigningError as exc:
+        raise Unauthorized(exc.code, exc.message) from None
+    if not await ctx.store.use_nonce(f"v1:{headers.signature}", signed_at + max_age):
+        raise Unauthorized("signature_replayed", "this signed request was already used")
+    return Caller(ehash, streams)
+
+
+SignedCaller = Annotated[Caller, Depends(signed_caller)]
+
+
+# --- answers -----------------------------------------------------------------------------------------
+
+
+class StreamBody(BaseModel):
+    accountId: str
+    gateway: str
+    createdAt: float
+    muted: list[str]
+
+
+class StreamsBody(BaseModel):
+    streams: list[StreamBody]
+
+
+class InboxItemBody(BaseModel):
+    id: int
+    type: str
+    title: str
+    body: str
+    url: str  # where its notification's click goes, for this browser's frontend
+    createdAt: float
+    read: bool
+    row: dict[str, Any]  # the NEAR row
+
+
+class InboxBody(BaseModel):
+    accountId: str
+    items: list[InboxItemBody]
+    next: str | None  # the cursor of the next (older) page; null on the last
+
+
+class UnreadBody(BaseModel):
+    accountId: str
+    unread: int
+    capped: bool  # the count stopped at its cap: show "999+"
+
+
+class MarkReadRequest(BaseModel):
+    """Mark items read for this browser: ``ids``, everything up to ``upTo``, or ``all``."""
+
+    accountId: AccountId
+    ids: list[int] = Field(default_factory=list, max_length=MAX_READ_IDS)
+    upTo: int | None = Field(None, ge=0)
+    all: bool = False
+
+
+def _etagged(request: Request, body: BaseModel) -> Response:
+    """The answer with a strong ETag of its bytes, or 304 when the caller has them already."""
+    content = body.model_dump_json().encode()
+    tag = '"' + base64.urlsafe_b64encode(hashlib.sha256(content).digest()[:18]).decode() + '"'
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+    if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(content, media_type="application/json", headers=headers)
+
+
+def _cursor(item_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": item_id}).encode()).decode().rstrip("=")
+
+
+def _before(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        before = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["before"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise BadRequest("invalid_cursor", "cursor is not one this API gave") from None
+    if not isinstance(before, int) or before < 0:
+        raise BadRequest("invalid_cursor", "cursor is not one this API gave")
+    return before
+
+
+def _item(ctx: ApiContext, item: InboxItem, gateway: str) -> InboxItemBody:
+    title, body = title_and_body(item.row)
+    url = click_url(
+        item.row,
+        gateway,
+        ctx.settings.link_templates,
+        (ctx.settings.explorer.transaction, ctx.settings.explorer.account),
+    )
+    return InboxItemBody(
+        id=item.id,
+        type=item.value_type,
+        title=title,
+        body=body,
+        url=url,
+        createdAt=item.created_at,
+        read=item.read,
+        row=item.row,
+    )
+
+
+# --- routes -----------------------------------------------------------------------------------------
+
+
+@router.get("/streams", response_model=StreamsBody)
+async def list_own_streams(request: Request, caller: SignedCaller) -> Response:
+    """This browser's streams: one per account it gets notifications for, with the account's mutes."""
+    streams = [
+        StreamBody(accountId=s.stream.account_id, gateway=s.stream.gateway, createdAt=s.created_at, muted=list(s.muted))
+        for s in sorted(caller.streams, key=lambda s: s.stream.account_id)
+    ]
+    return _etagged(request, StreamsBody(streams=streams))
+
+
+@router.get("/inbox", response_model=InboxBody)
+async def inbox(
+    request: Request,
+    caller: SignedCaller,
+    account: Annotated[str, Query(min_length=2, max_length=64, description="an account this browser has a stream for")],
+    cursor: Annotated[str | None, Query(max_length=64, description="`next` of the page before")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
+) -> Response:
+    """The account's notifications, newest first, read or unread for this browser; each links where
+    its notification opens on this browser's frontend."""
+    ctx = _ctx(request)
+    info = caller.stream_of(account)
+    items = await ctx.store.inbox(account, caller.endpoint_hash, before=_before(cursor), limit=limit + 1)
+    page, more = items[:limit], len(items) > limit
+    body = InboxBody(
+        accountId=account,
+        items=[_item(ctx, i, info.stream.gateway) for i in page],
+        next=_cursor(page[-1].id) if more else None,
+    )
+    return _etagged(request, body)
+
+
+@router.get("/inbox/unread", response_model=UnreadBody)
+async def unread(
+    request: Request,
+    caller: SignedCaller,
+    account: Annotated[str, Query(min_length=2, max_length=64, description="an account this browser has a stream for")],
+) -> Response:
+    """How many of the account's notifications this browser has not read (a badge polls this)."""
+    ctx = _ctx(request)
+    caller.stream_of(account)
+    count = await ctx.store.unread_count(account, caller.endpoint_hash)
+    return _etagged(request, UnreadBody(accountId=account, unread=count, capped=count >= UNREAD_CAP))
+
+
+@router.post("/inbox/read", status_code=204)
+async def mark_read(body: MarkReadRequest, request: Request, caller: SignedCaller) -> Response:
+    """Mark notifications read for this browser: some (``ids``), all up to one (``upTo``), or ``all``."""
+    ctx = _ctx(request)
+    caller.stream_of(body.accountId)
+    if not body.ids and body.upTo is None and not body.all:
+        raise BadRequest("nothing_to_mark", "give ids, upTo or all")
+    up_to = await ctx.store.newest_inbox_id(body.accountId) if body.all else body.upTo
+    await ctx.store.mark_read(body.accountId, caller.endpoint_hash, ids=body.ids, up_to=up_to)
+    return Response(status_code=204)

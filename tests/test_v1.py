@@ -1,0 +1,196 @@
+"""The /v1 API through a running gateway: requests signed with the subscription's auth secret."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.v1.signing import SigningError, canonical_request, parse_time, sign
+from tests.conftest import RunningGateway, row
+from tests.fakepush import FakePushService
+from tests.test_e2e import subscribe
+
+
+def signed(
+    gw: RunningGateway,
+    sub: Any,
+    method: str,
+    target: str,
+    body: Any = None,
+    *,
+    auth: str | None = None,
+    at: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """A request signed as the web client signs it, with ``sub``'s secret unless ``auth`` is given."""
+    content = b"" if body is None else json.dumps(body).encode()
+    stamp = str(int(time.time() if at is None else at))
+    secret = auth or sub.as_json()["keys"]["auth"]
+    nonce = secrets.token_urlsafe(16)
+    sent = {
+        "X-Push-Endpoint": sub.endpoint,
+        "X-Push-Time": stamp,
+        "X-Push-Nonce": nonce,
+        "X-Push-Signature": sign(secret, method, target, stamp, nonce, content),
+        **({"Content-Type": "application/json"} if body is not None else {}),
+        **(headers or {}),
+    }
+    return gw.http.request(method, target, content=content, headers=sent)
+
+
+def code(r: httpx.Response) -> str:
+    return str(r.json()["code"])
+
+
+# --- signing, pure ----------------------------------------------------------------------------------
+
+
+def test_the_canonical_request_binds_method_target_time_and_body() -> None:
+    auth, n = "_WaWEIbW1xnIE4LSaho9uw", "n" * 16
+    base = sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", n)
+    assert base != sign(auth, "POST", "/v1/inbox?account=bob.near", "1800000000", n)
+    assert base != sign(auth, "GET", "/v1/inbox?account=carol.near", "1800000000", n)
+    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000001", n)
+    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", "m" * 16)
+    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", n, b"{}")
+    assert base != sign("AAAAAAAAAAAAAAAAAAAAAA", "GET", "/v1/inbox?account=bob.near", "1800000000", n)
+    lines = canonical_request("get", "/v1/x", "1", n, b"").split(b"\n")
+    assert lines[:5] == [b"NPG1", b"GET", b"/v1/x", b"1", n.encode()]
+
+
+def test_a_signing_time_must_be_seconds_within_the_window() -> None:
+    assert parse_time("1800000000", 1800000100.0, 300) == 1800000000.0
+    for text, why in (("1800000000", "signature_expired"), ("18e8", "invalid_signature"), ("-1", "invalid_signature")):
+        with pytest.raises(SigningError) as err:
+            parse_time(text, 1800000400.0, 300)
+        assert err.value.code == why
+
+
+# --- through the gateway ----------------------------------------------------------------------------
+
+
+def test_a_signed_browser_lists_its_streams_and_nobody_else_can(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    subscribe(gateway, fake_push, "carol.near", sub=sub)
+    other = subscribe(gateway, fake_push, "dave.near")
+    r = signed(gateway, sub, "GET", "/v1/streams")
+    assert r.status_code == 200, r.text
+    assert [s["accountId"] for s in r.json()["streams"]] == ["bob.near", "carol.near"]
+    assert signed(gateway, other, "GET", "/v1/streams").json()["streams"][0]["accountId"] == "dave.near"
+
+
+def test_unsigned_wrongly_signed_stale_replayed_and_unknown_requests_are_refused(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    other = subscribe(gateway, fake_push, "carol.near")
+    assert code(gateway.http.get("/v1/streams")) == "signature_required"
+    r = signed(gateway, sub, "GET", "/v1/streams", auth=other.as_json()["keys"]["auth"])  # another stream's secret
+    assert r.status_code == 401 and code(r) == "invalid_signature"
+    r = signed(gateway, sub, "GET", "/v1/streams", at=time.time() - 600)
+    assert r.status_code == 401 and code(r) == "signature_expired"
+    r = signed(gateway, sub, "GET", "/v1/streams", at=time.time() + 600)
+    assert r.status_code == 401 and code(r) == "signature_expired"
+    stranger = fake_push.subscribe()  # holds a real secret, but no stream
+    assert code(signed(gateway, stranger, "GET", "/v1/streams")) == "unknown_subscription"
+    # the very same request twice: the second is a replay
+    stamp, nonce = str(int(time.time())), secrets.token_urlsafe(16)
+    headers = {
+        "X-Push-Endpoint": sub.endpoint,
+        "X-Push-Time": stamp,
+        "X-Push-Nonce": nonce,
+        "X-Push-Signature": sign(sub.as_json()["keys"]["auth"], "GET", "/v1/streams", stamp, nonce, b""),
+    }
+    assert gateway.http.get("/v1/streams", headers=headers).status_code == 200
+    again = gateway.http.get("/v1/streams", headers=headers)
+    assert again.status_code == 401 and code(again) == "signature_replayed"
+    # a signature for one target does not open another
+    headers["X-Push-Nonce"] = nonce = secrets.token_urlsafe(16)
+    headers["X-Push-Signature"] = sign(sub.as_json()["keys"]["auth"], "GET", "/v1/streams", stamp, nonce, b"")
+    assert code(gateway.http.get("/v1/inbox?account=bob.near", headers=headers)) == "invalid_signature"
+
+
+def test_the_inbox_lists_an_accounts_notifications_newest_first_with_links_for_this_browser(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")  # gateway https://near.social
+    gateway.ingest([row(1), row(2, value_type="comment", initiatedBy="carol.near")])
+    r = signed(gateway, sub, "GET", "/v1/inbox?account=bob.near")
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [(i["row"]["id"], i["type"], i["read"]) for i in items] == [(2, "comment", False), (1, "like", False)]
+    assert items[1]["title"] == "New like" and items[1]["body"] == "alice.near liked your post"
+    assert items[1]["url"].startswith("https://near.social/mob.near/widget/MainPage.N.Post.Page")
+    assert r.json()["next"] is None
+    other = subscribe(gateway, fake_push, "carol.near")
+    r = signed(gateway, other, "GET", "/v1/inbox?account=bob.near")  # not an account it has a stream for
+    assert r.status_code == 403 and code(r) == "not_your_account"
+
+
+def test_the_inbox_pages_across_a_thousand_items_by_cursor(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.post("/preferences/set", {"accountId": "bob.near", "endpoint": sub.endpoint, "dapp": "like", "block": True})
+    for start in range(0, 1000, 500):  # muted: in the inbox, not pushed
+        gateway.ingest([row(n) for n in range(start + 1, start + 501)])
+    seen: list[int] = []
+    target = "/v1/inbox?account=bob.near&limit=200"
+    pages = 0
+    while True:
+        r = signed(gateway, sub, "GET", target)
+        assert r.status_code == 200, r.text
+        seen += [i["row"]["id"] for i in r.json()["items"]]
+        pages += 1
+        if r.json()["next"] is None:
+            break
+        target = f"/v1/inbox?account=bob.near&limit=200&cursor={r.json()['next']}"
+    assert seen == list(range(1000, 0, -1)) and pages == 5
+    assert code(signed(gateway, sub, "GET", "/v1/inbox?account=bob.near&cursor=bm9wZQ")) == "invalid_cursor"
+    assert fake_push.for_sub(sub) == []
+
+
+def test_unread_counts_follow_mark_read_for_this_browser_only(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    phone = subscribe(gateway, fake_push, "bob.near")
+    laptop = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest([row(n) for n in range(1, 6)])
+
+    def unread(sub: Any) -> int:
+        r = signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near")
+        assert r.status_code == 200, r.text
+        return int(r.json()["unread"])
+
+    assert unread(phone) == unread(laptop) == 5
+    ids = [i["id"] for i in signed(gateway, phone, "GET", "/v1/inbox?account=bob.near").json()["items"]]
+    r = signed(gateway, phone, "POST", "/v1/inbox/read", {"accountId": "bob.near", "ids": ids[:2]})
+    assert r.status_code == 204, r.text
+    assert unread(phone) == 3 and unread(laptop) == 5
+    assert (
+        signed(gateway, phone, "POST", "/v1/inbox/read", {"accountId": "bob.near", "upTo": ids[3]}).status_code == 204
+    )
+    assert unread(phone) == 1  # the middle one is still unread
+    assert signed(gateway, laptop, "POST", "/v1/inbox/read", {"accountId": "bob.near", "all": True}).status_code == 204
+    assert unread(laptop) == 0 and unread(phone) == 1
+    r = signed(gateway, phone, "POST", "/v1/inbox/read", {"accountId": "bob.near"})
+    assert r.status_code == 400 and code(r) == "nothing_to_mark"
+    r = signed(gateway, phone, "POST", "/v1/inbox/read", {"accountId": "carol.near", "all": True})
+    assert r.status_code == 403 and code(r) == "not_your_account"
+
+
+def test_a_polled_read_answers_304_until_it_changes(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest([row(1)])
+    first = signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near")
+    tag = first.headers["ETag"]
+    same = signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near", headers={"If-None-Match": tag})
+    assert same.status_code == 304 and same.headers["ETag"] == tag and same.content == b""
+    gateway.ingest([row(2)])
+    changed = signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near", headers={"If-None-Match": tag})
+    assert changed.status_code == 200 and changed.json()["unread"] == 2 and changed.headers["ETag"] != tag
