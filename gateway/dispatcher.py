@@ -29,7 +29,7 @@ from gateway.models import Claim
 from gateway.pacing.collapse import topic_for
 from gateway.pacing.digest import digest_tag
 from gateway.pacing.urgency import ttl_for, urgency_for
-from gateway.payload import build_payload
+from gateway.payload import build_payload, with_badge
 from gateway.store.base import Outcome, Store
 from gateway.webpush import PushAnswer, Verdict
 
@@ -259,10 +259,11 @@ class Dispatcher:
                 types=self._settings.types,
                 folded=claim.folded,
                 folded_total=claim.folded_total,
+                inbox_id=claim.inbox_id,
             )
 
         if claim.folded:  # a digest is its stream's own
-            return build()
+            return with_badge(build(), claim.unread)
         key = (claim.event_key, claim.stream.gateway, claim.compact)
         cached = self._payloads.get(key) if claim.event_key else None
         if cached is None:
@@ -270,7 +271,7 @@ class Dispatcher:
             if len(self._payloads) >= PAYLOAD_CACHE:
                 self._payloads.clear()
             self._payloads[key] = cached
-        return cached
+        return with_badge(cached, claim.unread)
 
     async def _write_outcomes(self) -> None:
         """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push;

@@ -315,6 +315,8 @@ class Claim(NamedTuple):
     # A digest: the rows it folds (oldest first; ``row`` is the newest) and how many it folds in all.
     folded: tuple[dict[str, Any], ...] = ()
     folded_total: int = 0
+    inbox_id: int | None = None  # the account's inbox item of ``row``
+    unread: int | None = None  # the stream's browser's unread count (the app badge)
 
 
 @dataclass

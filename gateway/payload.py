@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # aes128gcm in one record: 4096-byte body limit − 86-byte header − 1 delimiter − 16 tag.
 MAX_PLAINTEXT_BYTES = 3993
+# Room left for the per-browser "app_badge" added after the shared part is built (with_badge).
+BADGE_ROOM = len(',"app_badge":1000')
 # After a 413 the dispatcher retries once with the compact form, which stays under this.
 COMPACT_PLAINTEXT_BYTES = 1024
 MAX_BODY_CHARS = 240
@@ -168,6 +170,15 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def with_badge(encoded: bytes, unread: int | None) -> bytes:
+    """A built payload with this browser's unread count as ``app_badge`` (Declarative Web Push's
+    top-level member; our service worker sets the app badge from it). Appended to the shared bytes:
+    the rest of a payload is the same for every browser of the account."""
+    if unread is None:
+        return encoded
+    return encoded[:-1] + b',"app_badge":' + str(min(unread, 1000)).encode() + b"}"
+
+
 def _declarative(added: dict[str, Any]) -> dict[str, Any]:
     """The Declarative Web Push members (W3C Push API; Safari shows these without running a service
     worker). ``mutable``: a service worker that is there still gets the push and shows it itself,
@@ -200,13 +211,15 @@ def build_payload(
     types: Mapping[str, TypeDelivery] | None = None,
     folded: Sequence[dict[str, Any]] = (),
     folded_total: int = 0,
+    inbox_id: int | None = None,
 ) -> bytes:
     """The JSON plaintext of one push, never over the aes128gcm single-record limit.
 
     ``gateway`` is the stream's frontend (it decides the click link, with the operator's ``links``
     templates by gateway origin, and ``explorer`` for on-chain activity); ``compact`` is the smaller
     form sent once after a 413. A digest passes the rows it folds (``folded``, oldest first, ``row``
-    the newest) and how many it folds in all.
+    the newest) and how many it folds in all. ``inbox_id`` (the account's inbox item) is what the
+    service worker's receipts name. Room is left for ``with_badge``.
     """
     title, body = digest_text(row, folded, folded_total) if folded else title_and_body(row)
     added: dict[str, Any] = {
@@ -215,7 +228,9 @@ def build_payload(
         "url": click_url(row, gateway, links, explorer),
         "tag": digest_tag(list(folded), types) if folded else tag_for(row, types),
     }
-    limit = COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES
+    if inbox_id is not None:
+        added["inboxId"] = inbox_id
+    limit = (COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES) - BADGE_ROOM
     if folded:  # the rows go in the room the rest leaves
         room = limit - len(_encode({**added, **_declarative(added), **row})) - DIGEST_OVERHEAD
         added["digest"] = _digest_member(folded, folded_total, room)

@@ -638,3 +638,23 @@ async def test_the_inbox_is_kept_for_its_own_retention(store: Store, clock: Cloc
     assert len(await store.inbox("bob.near", B1)) == 2  # ...the inbox stays
     await store.purge(older_than=clock.now, inbox_older_than=clock.now - 5)
     assert [i.row["id"] for i in await store.inbox("bob.near", B1)] == [2]
+
+
+async def test_a_claim_carries_its_inbox_item_and_its_browsers_unread_count(store: Store, clock: Clock) -> None:
+    for endpoint in (E1, E2):
+        await store.upsert_stream("bob.near", "https://near.org", endpoint, P256DH, AUTH)
+    await store.ingest([event(1), event(2)], MatchPolicy())
+    [newest, oldest] = await store.inbox("bob.near", B1)
+    await store.mark_read("bob.near", B1, ids=[oldest.id])
+    claims = await store.claim(10, 30)
+    got = sorted((c.stream.endpoint, c.row["id"], c.inbox_id, c.unread) for c in claims)
+    assert got == [(E1, 1, oldest.id, 1), (E1, 2, newest.id, 1), (E2, 1, oldest.id, 2), (E2, 2, newest.id, 2)]
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in claims])
+    # a digest shows its newest row's item
+    await store.ingest([event(3)], LIKES_DIGEST)
+    await store.ingest([event(4), event(5)], LIKES_DIGEST)
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in await store.claim(10, 30)])
+    clock.now += 60
+    digests = await store.claim(10, 30)
+    [item5] = [i for i in await store.inbox("bob.near", B1) if i.row["id"] == 5]
+    assert {(c.row["id"], c.inbox_id) for c in digests} == {(5, item5.id)} and len(digests) == 2

@@ -194,3 +194,19 @@ def test_a_polled_read_answers_304_until_it_changes(gateway: RunningGateway, fak
     gateway.ingest([row(2)])
     changed = signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near", headers={"If-None-Match": tag})
     assert changed.status_code == 200 and changed.json()["unread"] == 2 and changed.headers["ETag"] != tag
+
+
+def test_each_push_names_its_inbox_item_and_carries_the_browsers_unread_count(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest([row(1), row(2, value_type="comment")])
+    pushes = {p.payload["id"]: p.payload for p in fake_push.wait_count(sub, 2) if p.payload}
+    items = {i["row"]["id"]: i["id"] for i in signed(gateway, sub, "GET", "/v1/inbox?account=bob.near").json()["items"]}
+    assert pushes[1]["inboxId"] == items[1] and pushes[2]["inboxId"] == items[2]
+    assert {pushes[1]["app_badge"], pushes[2]["app_badge"]} <= {1, 2}  # unread when each was sent
+    r = signed(gateway, sub, "POST", "/v1/inbox/read", {"accountId": "bob.near", "all": True})
+    assert r.status_code == 204
+    gateway.ingest([row(3, value_type="mention")])
+    third = fake_push.wait_count(sub, 3)[2].payload
+    assert third is not None and third["app_badge"] == 1 and third["valueType"] == "mention"

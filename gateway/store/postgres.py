@@ -751,10 +751,14 @@ class PostgresStore:
                     "SELECT event_key, row_json FROM events WHERE event_key = ANY($1)", wanted
                 ):
                     parsed[found[0]] = json.loads(found[1])
+            row_keys: list[str] = []
             for r in rows:
                 rows_of: tuple[dict[str, Any], ...] = ()
+                row_key = r["event_key"]
                 if r["id"] in digests:
-                    rows_of = tuple(parsed[k] for k in digests[r["id"]] if k in parsed)
+                    kept = [k for k in digests[r["id"]] if k in parsed]
+                    rows_of = tuple(parsed[k] for k in kept)
+                    row_key = kept[-1] if kept else ""
                 if r["account_id"] is None or (r["row_json"] is None and not rows_of):
                     orphans.append(r["id"])
                     continue
@@ -784,6 +788,7 @@ class PostgresStore:
                         r["folded_total"],
                     )
                 )
+                row_keys.append(row_key)
             if orphans:
                 await conn.execute(
                     "UPDATE deliveries SET status = 'cancelled', finished_at = $1, lease_until = NULL, "
@@ -791,7 +796,7 @@ class PostgresStore:
                     now,
                     orphans,
                 )
-            return claims
+            return await _with_inbox(conn, claims, row_keys)
 
     async def next_due_at(self) -> float | None:
         value = await self.pool.fetchval(
@@ -978,6 +983,38 @@ class PostgresStore:
                     "DELETE FROM inbox_read r WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.id = r.inbox_id)"
                 )
         return int(status.split()[-1])
+
+
+async def _with_inbox(conn: Any, claims: list[Claim], row_keys: list[str]) -> list[Claim]:
+    """The claims with the inbox id of the row each shows (``row_keys``: a digest's newest) and the
+    unread count of their browser (the badge): two statements for the batch."""
+    if not claims:
+        return claims
+    found = await conn.fetch(
+        "SELECT p.a, p.k, i.id FROM unnest($1::text[], $2::text[]) AS p(a, k) "
+        "JOIN inbox i ON i.account_id = p.a AND i.event_key = p.k",
+        [cl.stream.account_id for cl in claims],
+        row_keys,
+    )
+    ids = {(r[0], r[1]): r[2] for r in found}
+    readers = sorted({(cl.stream.account_id, cl.stream.endpoint_hash) for cl in claims})
+    counted = await conn.fetch(
+        "SELECT p.a, p.r, (SELECT COUNT(*) FROM (SELECT 1 FROM inbox i WHERE i.account_id = p.a AND i.id > "
+        "(SELECT COALESCE(MAX(up_to), 0) FROM inbox_marks m WHERE m.account_id = p.a AND m.reader IN (p.r, '*')) "
+        "AND NOT EXISTS (SELECT 1 FROM inbox_read x WHERE x.account_id = p.a AND x.reader IN (p.r, '*') "
+        "AND x.inbox_id = i.id) LIMIT $3) u) FROM unnest($1::text[], $2::text[]) AS p(a, r)",
+        [a for a, _ in readers],
+        [r for _, r in readers],
+        UNREAD_CAP,
+    )
+    unread = {(r[0], r[1]): int(r[2]) for r in counted}
+    return [
+        cl._replace(
+            inbox_id=ids.get((cl.stream.account_id, k)),
+            unread=unread.get((cl.stream.account_id, cl.stream.endpoint_hash)),
+        )
+        for cl, k in zip(claims, row_keys, strict=True)
+    ]
 
 
 class _AdvisoryLease:

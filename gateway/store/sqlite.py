@@ -257,6 +257,18 @@ _IS_READ = (
     "(i.id <= ? OR EXISTS (SELECT 1 FROM inbox_read r WHERE r.account_id = i.account_id "
     "AND r.reader IN (?, '*') AND r.inbox_id = i.id))"
 )
+_INBOX_IDS = (
+    "SELECT json_group_array(json_array(i.account_id, i.event_key, i.id)) FROM json_each(?) p "
+    "JOIN inbox i ON i.account_id = p.value ->> 0 AND i.event_key = p.value ->> 1"
+)
+# Unread per (account, reader), counted up to the cap ?1, as unread_count counts.
+_UNREAD_OF = (
+    "SELECT json_group_array(json_array(a, r, (SELECT COUNT(*) FROM (SELECT 1 FROM inbox i WHERE i.account_id = a "
+    "AND i.id > (SELECT COALESCE(MAX(up_to), 0) FROM inbox_marks m WHERE m.account_id = a AND m.reader IN (r, '*')) "
+    "AND NOT EXISTS (SELECT 1 FROM inbox_read x WHERE x.account_id = a AND x.reader IN (r, '*') "
+    "AND x.inbox_id = i.id) LIMIT ?1)))) "
+    "FROM (SELECT value ->> 0 AS a, value ->> 1 AS r FROM json_each(?2))"
+)
 _OLDEST_OPEN_DIGEST = "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
     # parser (SQLite's json() refuses what json.dumps may write, such as NaN, and one bad row must not
@@ -708,14 +720,17 @@ class SqliteStore:
             row_texts = _json_value(c, _CLAIMED_EVENTS, (json.dumps(list(wanted)),))
             events: dict[str, dict[str, Any]] = {key: json.loads(text) for key, text in row_texts.items()}
             claims: list[Claim] = []
+            row_keys: list[str] = []
             orphans: list[int] = []
             for delivery_id, attempts, compact, created_at, event_key, folded, total, *stream in rows:
                 rows_of: tuple[dict[str, Any], ...] = ()
+                row_key = event_key
                 if folded is None:
                     row = events.get(event_key)
                 else:  # a digest: the rows it folds that are still kept
-                    rows_of = tuple(events[k] for k in json.loads(folded) if k in events)
-                    row = rows_of[-1] if rows_of else None
+                    kept = [k for k in json.loads(folded) if k in events]
+                    rows_of = tuple(events[k] for k in kept)
+                    row, row_key = (rows_of[-1], kept[-1]) if kept else (None, "")
                 if stream[1] is None or row is None:  # the stream or the event is gone
                     orphans.append(delivery_id)
                     continue
@@ -732,13 +747,14 @@ class SqliteStore:
                         total,
                     )
                 )
+                row_keys.append(row_key)
             if orphans:
                 c.executemany(
                     "UPDATE deliveries SET status = 'cancelled', finished_at = ?, lease_until = NULL, "
                     "reason = 'stream deleted before sending' WHERE id = ?",
                     [(now, i) for i in orphans],
                 )
-            return claims
+            return _with_inbox(c, claims, row_keys)
 
         return await self._tx(run)
 
@@ -990,6 +1006,24 @@ def _stream_filter(account_id: str | None, endpoint_hash: str | None) -> tuple[s
         clauses.append("s.endpoint_hash = ?")
         args.append(endpoint_hash)
     return " AND ".join(clauses), args
+
+
+def _with_inbox(c: sqlite3.Connection, claims: list[Claim], row_keys: list[str]) -> list[Claim]:
+    """The claims with the inbox id of the row each shows (``row_keys``: a digest's newest) and the
+    unread count of their browser (the badge): two statements for the batch."""
+    if not claims:
+        return claims
+    keys = json.dumps([[cl.stream.account_id, k] for cl, k in zip(claims, row_keys, strict=True)])
+    ids = {(a, k): i for a, k, i in _json_value(c, _INBOX_IDS, (keys,))}
+    readers = json.dumps(sorted({(cl.stream.account_id, cl.stream.endpoint_hash) for cl in claims}))
+    unread = {(a, r): n for a, r, n in _json_value(c, _UNREAD_OF, (UNREAD_CAP, readers))}
+    return [
+        cl._replace(
+            inbox_id=ids.get((cl.stream.account_id, k)),
+            unread=unread.get((cl.stream.account_id, cl.stream.endpoint_hash)),
+        )
+        for cl, k in zip(claims, row_keys, strict=True)
+    ]
 
 
 def _delete_streams(c: sqlite3.Connection, ehash: str, account_id: str | None, now: float) -> int:
