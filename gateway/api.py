@@ -45,6 +45,7 @@ from gateway.models import (
 from gateway.nearrpc import AccessKeys, RpcUnavailable
 from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
 from gateway.pacing.quiet import QuietHours, known_time_zones, parse_hhmm
+from gateway.ratelimit import RateLimiter
 from gateway.store.base import MuteScope, Store
 from watchers.decode import event_from_row
 
@@ -66,6 +67,7 @@ class ApiContext:
     access_keys: AccessKeys = field(init=False)
     counts: CachedCounts = field(init=False)  # what /healthz and /metrics show of the store
     readiness: CachedCounts = field(init=False)  # the store's write probe, as often as counts
+    receipts: RateLimiter = field(init=False)  # POST /v1/receipts per browser endpoint
 
     def __post_init__(self) -> None:
         self.counts = CachedCounts(lambda: self.store.health_counts())
@@ -75,6 +77,10 @@ class ApiContext:
             return {}
 
         self.readiness = CachedCounts(probe)
+        limits = self.settings.limits
+        self.receipts = RateLimiter(
+            limits.receipts_per_endpoint_rate, limits.receipts_per_endpoint_burst, limits.tracked_clients
+        )
         security = self.settings.security
         self.access_keys = AccessKeys(
             security.near_rpc_url, timeout=security.rpc_timeout, cache_seconds=security.rpc_cache_seconds

@@ -23,7 +23,7 @@ from gateway.api import ApiContext, describe_validation_error, router
 from gateway.config import GatewaySettings, LimitsSettings, Settings
 from gateway.cors import OpenCors
 from gateway.dispatcher import Sender
-from gateway.exceptions import ApiError, StoreRefused, StoreUnavailable
+from gateway.exceptions import ApiError, StoreRefused, StoreUnavailable, TooManyRequests
 from gateway.links import gateway_origin
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, client_bucket, keyed_frontend, retry_after_header
@@ -221,6 +221,8 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"Retry-After": STORE_RETRY_AFTER[exc.code]} if exc.code in STORE_RETRY_AFTER else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": exc.retry_after}
         return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(StoreUnavailable)

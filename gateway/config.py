@@ -44,6 +44,9 @@ class LimitsSettings(_Section):
     per_origin_rate: float = Field(100.0, ge=0)  # requests/s per keyed frontend (its X-Gateway-Key); 0 = off
     per_origin_burst: int = Field(1000, ge=1)
     tracked_clients: int = Field(100_000, ge=100)  # buckets kept in memory; the least recently used go first
+    # receipts (POST /v1/receipts) per browser: a burst of notifications shown at once, then this rate
+    receipts_per_endpoint_rate: float = Field(1.0, ge=0)  # receipts/s per endpoint; 0 = no limit
+    receipts_per_endpoint_burst: int = Field(60, ge=1)
     # streams (browsers) one account may have; at the cap the least recently refreshed gives way; 0 = no cap
     max_streams_per_account: int = Field(50, ge=0)
     max_accounts_per_endpoint: int = Field(20, ge=0)  # accounts one browser subscription may carry; 0 = no cap

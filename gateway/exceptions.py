@@ -12,7 +12,8 @@
         ├── Unauthorized            401: missing or wrong bearer token
         ├── Forbidden               403: the operation is disabled by configuration
         ├── NotFound                404
-        └── PayloadTooLarge         413: the body exceeds the configured limit
+        ├── PayloadTooLarge         413: the body exceeds the configured limit
+        └── TooManyRequests         429: over a rate; says when to retry (Retry-After)
 
 Third-party errors (aiohttp, sqlite3, cryptography) are translated at the one module that
 imports each library; nothing above this module is imported here.
@@ -98,6 +99,15 @@ class NotFound(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     reason = "Payload Too Large"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    reason = "Too Many Requests"
+
+    def __init__(self, code: str, message: str, retry_after: str = "1") -> None:
+        super().__init__(code, message)
+        self.retry_after = retry_after  # whole seconds, for the Retry-After header
 
 
 class ServiceUnavailable(ApiError):

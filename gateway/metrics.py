@@ -137,6 +137,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "gateway_notifications",
+            "What service workers reported of notifications (receipts), by stage and type",
+            ["stage", "type"],
+            registry=self.registry,
+        )
+        self.receipts_refused = Counter(
+            "gateway_receipts_refused",
+            "Receipts refused: forged (bad signature), for no such notification, or over the rate",
+            ["reason"],
+            registry=self.registry,
+        )
         self.api_requests = Counter(
             "gateway_api_requests_refused",
             "Public API requests refused before any work, by reason (rate_limited, ...)",

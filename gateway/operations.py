@@ -15,6 +15,8 @@ from gateway.store.base import DeadLetter, Store, StreamInfo
 from gateway.webpush import Verdict
 
 OVERVIEW_WINDOW = 3600.0  # seconds of history the dashboard shows
+FUNNEL_WINDOW = 86400.0  # seconds of sent pushes and receipts the dashboard's funnel counts
+FUNNEL_ROWS = 20  # (type, push service) rows it shows, most sent first
 TEST_TAG = "gateway-test"
 
 
@@ -99,7 +101,11 @@ async def overview(
             ],
             "failingHosts": [{"host": h, "count": n} for h, n in await store.failing_hosts(since)],
             "deadLetters": [dead_letter_view(d) for d in await store.dead_letters(20)],
+            "funnel": [
+                {"type": r.value_type, "host": r.push_host, "sent": r.sent, "shown": r.shown, "clicked": r.clicked}
+                for r in await store.funnel(now - FUNNEL_WINDOW)
+            ][:FUNNEL_ROWS],
         }
     except StoreUnavailable:  # the page still shows the outage, and what the watchers are doing
-        view |= {"counts": {}, "outboxDepth": None, "history": [], "failingHosts": [], "deadLetters": []}
+        view |= {"counts": {}, "outboxDepth": None, "history": [], "failingHosts": [], "deadLetters": [], "funnel": []}
     return view | {"store": store.status.snapshot()}

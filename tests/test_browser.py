@@ -441,8 +441,14 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
         carol = subscribe(gw, fake_push, "carol.near")
         fake_push.always(carol, Reply(400, body=b"InvalidTokenFormat"))
         gw.ingest([row(10 + n, "bob.near", "comment") for n in range(4)] + [row(20, "carol.near")])
-        fake_push.wait_count(bob, 4)
+        comments = [p.payload["inboxId"] for p in fake_push.wait_count(bob, 4) if p.payload]
         assert wait_until(lambda: gw.query("SELECT count(*) FROM deliveries WHERE status = 'dead'")[0][0] == 1)
+        # bob's service worker showed two of the comments and he clicked one (the funnel)
+        from tests.test_v1 import signed
+
+        for inbox_id, stage in ((comments[0], "shown"), (comments[1], "shown"), (comments[0], "clicked")):
+            receipt = {"accountId": "bob.near", "inboxId": inbox_id, "stage": stage}
+            assert signed(gw, bob, "POST", "/v1/receipts", receipt).status_code == 204
 
         page = browser.new_page()
         page.set_viewport_size({"width": 1280, "height": 900})
@@ -462,6 +468,16 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
         assert fake_push.url.removeprefix("http://") in page.locator("#hosts tbody").inner_text()
         dead_row = page.locator("#deadletters tbody tr").first.inner_text()
         assert "carol.near" in dead_row and "InvalidTokenFormat" in dead_row and "400" in dead_row
+        funnel_row = page.locator("#funnel tbody tr").first
+        assert funnel_row.locator("td").all_inner_texts()[:5] == [
+            "comment",
+            fake_push.url.removeprefix("http://"),
+            "4",
+            "2",
+            "1",
+        ]
+        widths = funnel_row.locator(".bar").evaluate_all("bs => bs.map(b => [b.dataset.stage, b.style.width])")
+        assert widths == [["sent", "100%"], ["shown", "50%"], ["clicked", "25%"]]
         bars = page.eval_on_selector_all("#chart rect", "rs => rs.map(r => [r.dataset.status, +r.dataset.count])")
         assert sum(n for s, n in bars if s == "sent") == 4 and sum(n for s, n in bars if s == "dead") == 1
 

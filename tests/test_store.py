@@ -658,3 +658,23 @@ async def test_a_claim_carries_its_inbox_item_and_its_browsers_unread_count(stor
     digests = await store.claim(10, 30)
     [item5] = [i for i in await store.inbox("bob.near", B1) if i.row["id"] == 5]
     assert {(c.row["id"], c.inbox_id) for c in digests} == {(5, item5.id)} and len(digests) == 2
+
+
+async def test_receipts_are_recorded_once_per_stage_and_a_click_reads_the_item(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1), event(2, value_type="comment")], MatchPolicy())
+    claims = await store.claim(10, 30)
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in claims])
+    items = {i.row["id"]: i.id for i in await store.inbox("bob.near", B1)}
+    host = "fcm.googleapis.com"
+    first = await store.record_receipt("bob.near", B1, items[1], "shown", host)
+    assert first == (True, True, "like")
+    assert await store.record_receipt("bob.near", B1, items[1], "shown", host) == (True, False, "like")  # idempotent
+    assert (await store.record_receipt("bob.near", B1, items[1], "clicked", host)).new
+    assert [i.read for i in await store.inbox("bob.near", B1) if i.id == items[1]] == [True]
+    assert not (await store.record_receipt("carol.near", B1, items[1], "shown", host)).known  # not carol's item
+    assert not (await store.record_receipt("bob.near", B1, 10**9, "shown", host)).known
+    await store.record_receipt("bob.near", B1, items[2], "closed", host)
+    rows = {(r.value_type, r.push_host): r[2:] for r in await store.funnel(clock.now - 86400)}
+    assert rows == {("like", host): (1, 1, 1, 0), ("comment", host): (1, 0, 0, 1)}
+    assert await store.funnel(clock.now + 1) == []

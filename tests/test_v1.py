@@ -210,3 +210,57 @@ def test_each_push_names_its_inbox_item_and_carries_the_browsers_unread_count(
     gateway.ingest([row(3, value_type="mention")])
     third = fake_push.wait_count(sub, 3)[2].payload
     assert third is not None and third["app_badge"] == 1 and third["valueType"] == "mention"
+
+
+def metric(gw: RunningGateway, line_start: str) -> float:
+    for line in gw.http.get("/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_receipts_count_each_stage_once_and_a_click_marks_the_item_read(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest([row(1)])
+    [push] = fake_push.wait_count(sub, 1)
+    assert push.payload is not None
+    inbox_id = push.payload["inboxId"]
+    shown = {"accountId": "bob.near", "inboxId": inbox_id, "stage": "shown"}
+    for _ in range(2):  # a retried receipt is the same receipt
+        assert signed(gateway, sub, "POST", "/v1/receipts", shown).status_code == 204
+    assert metric(gateway, 'gateway_notifications_total{stage="shown",type="like"}') == 1.0
+    clicked = {**shown, "stage": "clicked"}
+    assert signed(gateway, sub, "POST", "/v1/receipts", clicked).status_code == 204
+    assert metric(gateway, 'gateway_notifications_total{stage="clicked",type="like"}') == 1.0
+    [item] = signed(gateway, sub, "GET", "/v1/inbox?account=bob.near").json()["items"]
+    assert item["read"] is True
+    assert signed(gateway, sub, "GET", "/v1/inbox/unread?account=bob.near").json()["unread"] == 0
+
+
+def test_forged_unknown_and_excess_receipts_are_refused_and_counted(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    gw = start_gateway(limits={"receipts_per_endpoint_burst": 3, "receipts_per_endpoint_rate": 0.01})
+    sub = subscribe(gw, fake_push, "bob.near")
+    other = subscribe(gw, fake_push, "carol.near")
+    gw.ingest([row(1), row(2, "carol.near")])
+    [push] = fake_push.wait_count(sub, 1)
+    assert push.payload is not None
+    body = {"accountId": "bob.near", "inboxId": push.payload["inboxId"], "stage": "shown"}
+    forged = signed(gw, sub, "POST", "/v1/receipts", body, auth=other.as_json()["keys"]["auth"])
+    assert forged.status_code == 401 and code(forged) == "invalid_signature"
+    assert metric(gw, 'gateway_receipts_refused_total{reason="invalid_signature"}') == 1.0
+    [carols] = fake_push.wait_count(other, 1)
+    assert carols.payload is not None
+    not_bobs = {**body, "inboxId": carols.payload["inboxId"]}  # carol's notification, reported by bob's browser
+    r = signed(gw, sub, "POST", "/v1/receipts", not_bobs)
+    assert r.status_code == 400 and code(r) == "unknown_notification"
+    assert metric(gw, 'gateway_receipts_refused_total{reason="unknown_notification"}') == 1.0
+    statuses = [signed(gw, sub, "POST", "/v1/receipts", body).status_code for _ in range(3)]
+    assert statuses == [204, 204, 429]  # a burst of 3 (the unknown one took a token too)
+    limited = signed(gw, sub, "POST", "/v1/receipts", body)
+    assert limited.status_code == 429 and code(limited) == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
+    assert metric(gw, 'gateway_receipts_refused_total{reason="rate_limited"}') == 2.0
+    assert signed(gw, other, "POST", "/v1/receipts", {**not_bobs, "accountId": "carol.near"}).status_code == 204

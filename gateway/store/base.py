@@ -69,6 +69,23 @@ class InboxItem:
     read: bool
 
 
+class Receipt(NamedTuple):
+    known: bool  # the inbox item exists for that account
+    new: bool  # first time this reader reported this stage for it
+    value_type: str
+
+
+class FunnelRow(NamedTuple):
+    """Pushes sent of one type to one push service, and how many were reported shown, clicked, closed."""
+
+    value_type: str
+    push_host: str
+    sent: int
+    shown: int
+    clicked: int
+    closed: int
+
+
 @dataclass(frozen=True)
 class StreamInfo:
     """A stream as operators see it (admin API and CLI)."""
@@ -171,6 +188,13 @@ class Store(Protocol):
     ) -> None:
         """Mark items read for ``reader``: every one up to id ``up_to``, and those ``ids`` (others' ids
         are ignored)."""
+
+    async def record_receipt(self, account_id: str, reader: str, inbox_id: int, stage: str, push_host: str) -> Receipt:
+        """What ``reader``'s service worker reported of the account's inbox item (``stage``: shown,
+        clicked, closed), once per stage; a click also marks the item read for the reader."""
+
+    async def funnel(self, since: float) -> list[FunnelRow]:
+        """Per (type, push service): pushes sent since ``since``, and the receipts reported since."""
 
     async def newest_inbox_id(self, account_id: str) -> int:
         """The id of the account's newest item (0 when none): "mark all read" marks up to it."""

@@ -41,6 +41,10 @@ READ_CALLS = frozenset(
         "list_streams",
         "delivery_history",
         "failing_hosts",
+        "funnel",
+        "inbox",
+        "unread_count",
+        "newest_inbox_id",
     }
 )
 

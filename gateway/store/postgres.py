@@ -34,8 +34,18 @@ from gateway.pacing.digest import (
     split_paced,
 )
 from gateway.pacing.quiet import quiet_hours
-from gateway.store.admin import count_hosts, stream_info
-from gateway.store.base import UNREAD_CAP, DeadLetter, InboxItem, Lease, MuteScope, Outcome, StreamInfo
+from gateway.store.admin import count_hosts, funnel_rows, stream_info
+from gateway.store.base import (
+    UNREAD_CAP,
+    DeadLetter,
+    FunnelRow,
+    InboxItem,
+    Lease,
+    MuteScope,
+    Outcome,
+    Receipt,
+    StreamInfo,
+)
 from gateway.store.boundary import StoreStatus, guard_calls
 from gateway.store.sqlite import utc_day
 
@@ -176,6 +186,23 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (account_id, reader, inbox_id)
         );
         INSERT INTO inbox_marks SELECT DISTINCT account_id, endpoint_hash, 0 FROM streams;
+        """,
+    ),
+    (
+        # What the service workers report of each notification: shown, clicked, closed (once each per
+        # browser), with the type and push service for the funnel.
+        "0007_receipts",
+        """
+        CREATE TABLE receipts (
+            inbox_id BIGINT NOT NULL,
+            reader TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            push_host TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (inbox_id, reader, stage)
+        );
+        CREATE INDEX receipts_by_time ON receipts (at);
         """,
     ),
 ]
@@ -513,6 +540,49 @@ class PostgresStore:
                     reader,
                     ids,
                 )
+
+    async def record_receipt(self, account_id: str, reader: str, inbox_id: int, stage: str, push_host: str) -> Receipt:
+        async with self.pool.acquire() as conn, conn.transaction():
+            value_type = await conn.fetchval(
+                "SELECT value_type FROM inbox WHERE id = $1 AND account_id = $2", inbox_id, account_id
+            )
+            if value_type is None:
+                return Receipt(known=False, new=False, value_type="")
+            new = await conn.fetchval(
+                "INSERT INTO receipts VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+                inbox_id,
+                reader,
+                stage,
+                value_type,
+                push_host,
+                self._clock(),
+            )
+            if stage == "clicked":
+                await conn.execute(
+                    "INSERT INTO inbox_read VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", account_id, reader, inbox_id
+                )
+            return Receipt(known=True, new=new is not None, value_type=str(value_type))
+
+    async def funnel(self, since: float) -> list[FunnelRow]:
+        async with self.pool.acquire() as conn:
+            sent = await conn.fetch(
+                "SELECT e.value_type, s.endpoint FROM deliveries d JOIN events e ON e.event_key = d.event_key "
+                "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.status = 'sent' AND d.finished_at >= $1 "
+                "AND d.folded IS NULL",
+                since,
+            )
+            digests = await conn.fetch(
+                "SELECT e.value_type, s.endpoint FROM deliveries d "
+                "JOIN events e ON e.event_key = substr(d.event_key, $2) "
+                "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.status = 'sent' AND d.finished_at >= $1 "
+                "AND d.folded IS NOT NULL",
+                since,
+                len(DIGEST_PREFIX) + 1,
+            )
+            seen = await conn.fetch(
+                "SELECT value_type, push_host, stage, COUNT(*) FROM receipts WHERE at >= $1 GROUP BY 1, 2, 3", since
+            )
+        return funnel_rows([tuple(r) for r in [*sent, *digests]], [tuple(r) for r in seen])
 
     async def newest_inbox_id(self, account_id: str) -> int:
         value = await self.pool.fetchval("SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1", account_id)
@@ -982,6 +1052,7 @@ class PostgresStore:
                 await conn.execute(
                     "DELETE FROM inbox_read r WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.id = r.inbox_id)"
                 )
+                await conn.execute("DELETE FROM receipts WHERE at < $1", inbox_older_than)
         return int(status.split()[-1])
 
 

@@ -38,8 +38,19 @@ from gateway.pacing.digest import (
 )
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts as _count_hosts
+from gateway.store.admin import funnel_rows
 from gateway.store.admin import stream_info as _stream_info
-from gateway.store.base import UNREAD_CAP, DeadLetter, InboxItem, Lease, MuteScope, Outcome, StreamInfo
+from gateway.store.base import (
+    UNREAD_CAP,
+    DeadLetter,
+    FunnelRow,
+    InboxItem,
+    Lease,
+    MuteScope,
+    Outcome,
+    Receipt,
+    StreamInfo,
+)
 from gateway.store.boundary import StoreStatus, guard_calls
 
 T = TypeVar("T")
@@ -196,6 +207,23 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (account_id, reader, inbox_id)
         );
         INSERT INTO inbox_marks SELECT DISTINCT account_id, endpoint_hash, 0 FROM streams;
+        """,
+    ),
+    (
+        # What the service workers report of each notification: shown, clicked, closed (once each per
+        # browser), with the type and push service for the funnel.
+        "0009_receipts",
+        """
+        CREATE TABLE receipts (
+            inbox_id INTEGER NOT NULL,
+            reader TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            value_type TEXT NOT NULL,
+            push_host TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (inbox_id, reader, stage)
+        );
+        CREATE INDEX receipts_by_time ON receipts (at);
         """,
     ),
 ]
@@ -572,6 +600,47 @@ class SqliteStore:
                 )
 
         await self._tx(run)
+
+    async def record_receipt(self, account_id: str, reader: str, inbox_id: int, stage: str, push_host: str) -> Receipt:
+        now = self._clock()
+
+        def run(c: sqlite3.Connection) -> Receipt:
+            found = c.execute(
+                "SELECT value_type FROM inbox WHERE id = ? AND account_id = ?", (inbox_id, account_id)
+            ).fetchone()
+            if found is None:
+                return Receipt(known=False, new=False, value_type="")
+            new = c.execute(
+                "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?, ?)",
+                (inbox_id, reader, stage, found[0], push_host, now),
+            ).rowcount
+            if stage == "clicked":
+                c.execute("INSERT OR IGNORE INTO inbox_read VALUES (?, ?, ?)", (account_id, reader, inbox_id))
+            return Receipt(known=True, new=bool(new), value_type=str(found[0]))
+
+        return await self._tx(run)
+
+    async def funnel(self, since: float) -> list[FunnelRow]:
+        def run(c: sqlite3.Connection) -> list[FunnelRow]:
+            sent = c.execute(
+                "SELECT e.value_type, s.endpoint FROM deliveries d JOIN events e ON e.event_key = d.event_key "
+                "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.status = 'sent' AND d.finished_at >= ? "
+                "AND d.folded IS NULL",
+                (since,),
+            ).fetchall()
+            digests = c.execute(
+                "SELECT e.value_type, s.endpoint FROM deliveries d "
+                "JOIN events e ON e.event_key = substr(d.event_key, ?) "
+                "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.status = 'sent' AND d.finished_at >= ? "
+                "AND d.folded IS NOT NULL",
+                (len(DIGEST_PREFIX) + 1, since),
+            ).fetchall()
+            seen = c.execute(
+                "SELECT value_type, push_host, stage, COUNT(*) FROM receipts WHERE at >= ? GROUP BY 1, 2, 3", (since,)
+            ).fetchall()
+            return funnel_rows([*sent, *digests], seen)
+
+        return await self._run(run)
 
     async def newest_inbox_id(self, account_id: str) -> int:
         row = await self._run(
@@ -957,6 +1026,7 @@ class SqliteStore:
             if inbox_older_than is not None:
                 c.execute("DELETE FROM inbox WHERE created_at < ?", (inbox_older_than,))
                 c.execute("DELETE FROM inbox_read WHERE inbox_id NOT IN (SELECT id FROM inbox)")
+                c.execute("DELETE FROM receipts WHERE at < ?", (inbox_older_than,))
             return int(n)
 
         return await self._tx(run)

@@ -12,17 +12,18 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from gateway.api import PUBLIC_ERRORS, ApiContext
-from gateway.endpoints import InvalidEndpoint, canonical_endpoint, endpoint_hash
-from gateway.exceptions import BadRequest, Forbidden, Unauthorized
+from gateway.endpoints import InvalidEndpoint, canonical_endpoint, endpoint_hash, push_host
+from gateway.exceptions import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from gateway.links import click_url
 from gateway.models import AccountId
 from gateway.payload import title_and_body
+from gateway.ratelimit import retry_after_header
 from gateway.store.base import UNREAD_CAP, InboxItem, StreamInfo
 from gateway.v1.signing import SignedHeaders, SigningError, parse_time, verify
 
@@ -88,6 +89,10 @@ async def signed_caller(request: Request) -> Caller:
 SignedCaller = Annotated[Caller, Depends(signed_caller)]
 
 
+STAGES = ("shown", "clicked", "closed")
+ReceiptStage = Literal["shown", "clicked", "closed"]
+
+
 # --- answers -----------------------------------------------------------------------------------------
 
 
@@ -132,6 +137,14 @@ class MarkReadRequest(BaseModel):
     ids: list[int] = Field(default_factory=list, max_length=MAX_READ_IDS)
     upTo: int | None = Field(None, ge=0)
     all: bool = False
+
+
+class ReceiptRequest(BaseModel):
+    """What the service worker saw of a notification: the push's ``inboxId`` and the stage."""
+
+    accountId: AccountId
+    inboxId: int = Field(ge=1)
+    stage: ReceiptStage
 
 
 def _etagged(request: Request, body: BaseModel) -> Response:
@@ -237,4 +250,33 @@ async def mark_read(body: MarkReadRequest, request: Request, caller: SignedCalle
         raise BadRequest("nothing_to_mark", "give ids, upTo or all")
     up_to = await ctx.store.newest_inbox_id(body.accountId) if body.all else body.upTo
     await ctx.store.mark_read(body.accountId, caller.endpoint_hash, ids=body.ids, up_to=up_to)
+    return Response(status_code=204)
+
+
+@router.post("/receipts", status_code=204)
+async def receipt(body: ReceiptRequest, request: Request) -> Response:
+    """A service worker's report of a notification: ``shown``, ``clicked`` (which also marks it read
+    for this browser) or ``closed``. Idempotent: each stage counts once per browser. Forged ones (bad
+    signature, no such notification for the account) are refused and counted; at most
+    ``[limits] receipts_per_endpoint_*`` per browser."""
+    ctx = _ctx(request)
+    try:
+        caller = await signed_caller(request)
+    except Unauthorized as exc:
+        ctx.metrics.receipts_refused.labels(exc.code).inc()
+        raise
+    wait = ctx.receipts.take(caller.endpoint_hash, time.monotonic())
+    if wait:
+        ctx.metrics.receipts_refused.labels("rate_limited").inc()
+        after = retry_after_header(wait)
+        raise TooManyRequests("rate_limited", f"too many receipts; retry in {after} s", after)
+    info = caller.stream_of(body.accountId)
+    found = await ctx.store.record_receipt(
+        body.accountId, caller.endpoint_hash, body.inboxId, body.stage, push_host(info.stream.endpoint)
+    )
+    if not found.known:
+        ctx.metrics.receipts_refused.labels("unknown_notification").inc()
+        raise BadRequest("unknown_notification", "no such notification for this account")
+    if found.new:
+        ctx.metrics.notifications.labels(body.stage, found.value_type).inc()
     return Response(status_code=204)
