@@ -159,7 +159,7 @@ def _check_endpoint(ctx: ApiContext, endpoint: str, field: str) -> None:
         raise BadRequest("endpoint_not_allowed", f"{field} is not on this gateway's push-service allow-list")
 
 
-def _check_gateway_key(ctx: ApiContext, given: str | None, gateway: str | None) -> None:
+def check_gateway_key(ctx: ApiContext, given: str | None, gateway: str | None) -> None:
     """A [[gateways]] entry with a key needs it for streams of its origin; with
     ``require_gateway_key`` every request needs some entry's key (and, naming a gateway, its own)."""
     entries = ctx.settings.gateways
@@ -180,13 +180,15 @@ def _check_gateway_key(ctx: ApiContext, given: str | None, gateway: str | None) 
         raise Unauthorized("gateway_key_required", "this gateway serves configured frontends only: send X-Gateway-Key")
 
 
-async def _check_ownership(ctx: ApiContext, body: CreateStreamRequest) -> None:
-    """With ``require_signed_subscriptions``: a fresh NEP-413 signature by an access key of the account."""
+async def check_ownership(ctx: ApiContext, body: CreateStreamRequest) -> bool:
+    """Whether the request proves the account: a fresh NEP-413 signature (``signed``) by an access
+    key of it. Required with ``require_signed_subscriptions``; a signature given is checked always
+    (a wrong one is refused), and a stream created with one proves the account on /v1."""
     security = ctx.settings.security
-    if not security.require_signed_subscriptions:
-        return
     if body.signed is None:
-        raise Unauthorized("signature_required", "this gateway needs `signed`: a NEP-413 message from the account")
+        if security.require_signed_subscriptions:
+            raise Unauthorized("signature_required", "this gateway needs `signed`: a NEP-413 message from the account")
+        return False
     now = time.time()
     try:
         signed_at = verify_subscription(
@@ -210,6 +212,32 @@ async def _check_ownership(ctx: ApiContext, body: CreateStreamRequest) -> None:
     nonce = f"{body.signed.publicKey}:{body.signed.nonce}"
     if not await ctx.store.use_nonce(nonce, signed_at + security.signature_max_age):
         raise Unauthorized("signature_replayed", "this signed message was already used")
+    return True
+
+
+async def create_stream(ctx: ApiContext, body: CreateStreamRequest, key: str | None) -> bool:
+    """Register (or refresh) a stream as /subscriptions/create and POST /v1/streams do; True when new."""
+    sub = body.subscription
+    check_gateway_key(ctx, key, body.gateway)
+    _check_endpoint(ctx, sub.endpoint, "subscription.endpoint")
+    signed = await check_ownership(ctx, body)
+    limits = ctx.settings.limits
+    try:
+        created = await ctx.store.upsert_stream(
+            body.accountId,
+            body.gateway,
+            sub.endpoint,
+            sub.keys.p256dh,
+            sub.keys.auth,
+            max_per_account=limits.max_streams_per_account,
+            max_per_endpoint=limits.max_accounts_per_endpoint,
+            signed=signed,
+        )
+    except StreamCapReached as exc:
+        what = "streams for this account" if exc.scope == "account" else "accounts on this endpoint"
+        raise Forbidden("too_many_streams", f"at most {exc.cap} {what}; delete one first") from exc
+    ctx.counts.invalidate()
+    return created
 
 
 GatewayKey = Annotated[str | None, Header(alias="X-Gateway-Key", description="the frontend's API key, if any")]
@@ -218,26 +246,7 @@ GatewayKey = Annotated[str | None, Header(alias="X-Gateway-Key", description="th
 @router.post("/subscriptions/create", status_code=201, responses=PUBLIC_ERRORS, tags=["NEAR API"])
 async def create_subscription(body: CreateStreamRequest, request: Request, key: GatewayKey = None) -> Response:
     """Register a stream (account, gateway, push subscription). Creating it again refreshes it."""
-    ctx = _ctx(request)
-    sub = body.subscription
-    _check_gateway_key(ctx, key, body.gateway)
-    _check_endpoint(ctx, sub.endpoint, "subscription.endpoint")
-    await _check_ownership(ctx, body)
-    limits = ctx.settings.limits
-    try:
-        await ctx.store.upsert_stream(
-            body.accountId,
-            body.gateway,
-            sub.endpoint,
-            sub.keys.p256dh,
-            sub.keys.auth,
-            max_per_account=limits.max_streams_per_account,
-            max_per_endpoint=limits.max_accounts_per_endpoint,
-        )
-    except StreamCapReached as exc:
-        what = "streams for this account" if exc.scope == "account" else "accounts on this endpoint"
-        raise Forbidden("too_many_streams", f"at most {exc.cap} {what}; delete one first") from exc
-    ctx.counts.invalidate()
+    await create_stream(_ctx(request), body, key)
     return Response(status_code=201)
 
 
@@ -245,7 +254,7 @@ async def create_subscription(body: CreateStreamRequest, request: Request, key: 
 async def delete_subscription(body: DeleteStreamRequest, request: Request, key: GatewayKey = None) -> Response:
     """Delete the endpoint's streams, or only ``accountId``'s stream on it."""
     ctx = _ctx(request)
-    _check_gateway_key(ctx, key, None)
+    check_gateway_key(ctx, key, None)
     deleted = await ctx.store.delete_streams(body.endpoint, body.accountId)
     if not deleted:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint (and accountId)")
@@ -270,11 +279,25 @@ async def set_browser_preference(body: SetPreferenceRequest, request: Request, k
 
 async def _set_mute(body: SetPreferenceRequest, request: Request, key: str | None, scope: MuteScope) -> Response:
     ctx = _ctx(request)
-    _check_gateway_key(ctx, key, None)
+    check_gateway_key(ctx, key, None)
     found = await ctx.store.set_preference(body.accountId, body.endpoint, body.dapp, body.block, scope=scope)
     if not found:
         raise BadRequest("unknown_subscription", "no subscription with this endpoint for this accountId")
     return Response(status_code=201)
+
+
+def quiet_hours_of(time_zone: str, start: str | None, end: str | None) -> QuietHours | None:
+    """Quiet hours from a request ("HH:MM" in an IANA zone), None to clear; 400 when malformed."""
+    if start is None:
+        return None
+    if time_zone not in known_time_zones():
+        raise BadRequest("invalid_time_zone", "timeZone must be an IANA time zone such as Europe/Berlin")
+    if end is None:
+        raise BadRequest("invalid_time", "end is required with start")
+    try:
+        return QuietHours(time_zone, parse_hhmm(start), parse_hhmm(end))
+    except ValueError as exc:
+        raise BadRequest("invalid_time", str(exc)) from None
 
 
 @router.post("/preferences/quiet", status_code=201, responses=PUBLIC_ERRORS, tags=["gateway"])
@@ -283,17 +306,8 @@ async def set_quiet_hours(body: SetQuietHoursRequest, request: Request, key: Gat
     are not high-urgency are held from ``start`` to ``end`` each day in ``timeZone`` and come as one
     digest when the window ends. ``start`` null clears them."""
     ctx = _ctx(request)
-    _check_gateway_key(ctx, key, None)
-    quiet = None
-    if body.start is not None:
-        if body.timeZone not in known_time_zones():
-            raise BadRequest("invalid_time_zone", "timeZone must be an IANA time zone such as Europe/Berlin")
-        if body.end is None:
-            raise BadRequest("invalid_time", "end is required with start")
-        try:
-            quiet = QuietHours(body.timeZone, parse_hhmm(body.start), parse_hhmm(body.end))
-        except ValueError as exc:
-            raise BadRequest("invalid_time", str(exc)) from None
+    check_gateway_key(ctx, key, None)
+    quiet = quiet_hours_of(body.timeZone, body.start, body.end)
     if not await ctx.store.set_quiet_hours(body.accountId, body.endpoint, quiet):
         raise BadRequest("unknown_subscription", "no subscription with this endpoint for this accountId")
     return Response(status_code=201)

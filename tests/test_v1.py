@@ -264,3 +264,85 @@ def test_forged_unknown_and_excess_receipts_are_refused_and_counted(
     assert limited.status_code == 429 and code(limited) == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
     assert metric(gw, 'gateway_receipts_refused_total{reason="rate_limited"}') == 2.0
     assert signed(gw, other, "POST", "/v1/receipts", {**not_bobs, "accountId": "carol.near"}).status_code == 204
+
+
+# --- streams and preferences through /v1; what needs proof of the account ----------------------------
+
+
+def create_body(sub: Any, account: str = "alice.near", signed: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"accountId": account, "gateway": "https://near.social", "subscription": sub.as_json()}
+    return {**body, "signed": signed} if signed else body
+
+
+def test_a_browser_creates_and_deletes_its_own_stream_signed_with_its_secret(
+    gateway: RunningGateway, fake_push: FakePushService
+) -> None:
+    sub = fake_push.subscribe()
+    r = signed(gateway, sub, "POST", "/v1/streams", create_body(sub))
+    assert r.status_code == 201 and r.json() == {
+        "accountId": "alice.near",
+        "gateway": "https://near.social",
+        "signed": False,
+    }
+    assert signed(gateway, sub, "POST", "/v1/streams", create_body(sub)).status_code == 200  # a refresh
+    stranger = fake_push.subscribe()  # signs with its own secret for another endpoint
+    r = signed(gateway, stranger, "POST", "/v1/streams", create_body(sub))
+    assert r.status_code == 401 and code(r) == "invalid_signature"
+    assert signed(gateway, sub, "DELETE", "/v1/streams/alice.near").status_code == 204
+    assert gateway.query("SELECT * FROM streams") == []
+
+
+def test_account_wide_changes_need_a_stream_created_with_the_accounts_signature(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    from tests.fakesources import FakeNearRpc
+    from tests.test_hardening import Wallet, subscribe_message
+
+    rpc = FakeNearRpc()
+    try:
+        gw = start_gateway(security={"near_rpc_url": rpc.url})
+        wallet = Wallet()
+        rpc.add_key("alice.near", wallet.public_key)
+        owner, squatter, laptop = fake_push.subscribe(), fake_push.subscribe(), fake_push.subscribe()
+        proof = wallet.sign(subscribe_message("alice.near", "https://near.social", owner.endpoint))
+        r = signed(gw, owner, "POST", "/v1/streams", create_body(owner, signed=proof))
+        assert r.status_code == 201 and r.json()["signed"] is True
+        for other in (squatter, laptop):  # anyone may register a stream for alice.near, unsigned
+            assert signed(gw, other, "POST", "/v1/streams", create_body(other)).status_code == 201
+        mute = {"accountId": "alice.near", "type": "like", "muted": True, "scope": "account"}
+        r = signed(gw, squatter, "PUT", "/v1/preferences/mutes", mute)
+        assert r.status_code == 403 and code(r) == "account_proof_required"
+        r = signed(gw, squatter, "DELETE", "/v1/accounts/alice.near/streams")
+        assert r.status_code == 403 and code(r) == "account_proof_required"
+        r = signed(gw, squatter, "POST", "/v1/inbox/read", {"accountId": "alice.near", "all": True, "scope": "account"})
+        assert r.status_code == 403 and code(r) == "account_proof_required"
+        # what only changes the squatter's own view is allowed
+        browser_mute = {**mute, "scope": "browser"}
+        assert signed(gw, squatter, "PUT", "/v1/preferences/mutes", browser_mute).status_code == 204
+        gw.ingest([row(1, "alice.near"), row(2, "alice.near", "comment")])
+        fake_push.wait_count(owner, 2)
+        fake_push.wait_count(laptop, 2)
+        assert [p.payload["id"] for p in fake_push.wait_count(squatter, 1) if p.payload] == [2]
+        # the proven owner marks all read for the account: on every browser
+        r = signed(gw, owner, "POST", "/v1/inbox/read", {"accountId": "alice.near", "all": True, "scope": "account"})
+        assert r.status_code == 204
+        assert signed(gw, laptop, "GET", "/v1/inbox/unread?account=alice.near").json()["unread"] == 0
+        assert signed(gw, owner, "PUT", "/v1/preferences/mutes", mute).status_code == 204
+        assert gw.ingest([row(3, "alice.near")]).json()["skipped"] == {"blocked_by_preference": 3}
+        quiet = {"accountId": "alice.near", "timeZone": "Europe/Berlin", "start": "22:00", "end": "07:00"}
+        assert signed(gw, laptop, "PUT", "/v1/preferences/quiet", quiet).status_code == 204
+        zones = gw.query("SELECT endpoint, quiet_zone FROM streams WHERE quiet_zone IS NOT NULL")
+        assert [tuple(z) for z in zones] == [(laptop.endpoint, "Europe/Berlin")]
+        # new keys on the owner's endpoint without a signature: the stream no longer proves the account
+        from tests.rfc8291 import BrowserKeys
+
+        owner.keys = BrowserKeys.new()
+        assert signed(gw, owner, "POST", "/v1/streams", create_body(owner)).json()["signed"] is False
+        r = signed(gw, owner, "DELETE", "/v1/accounts/alice.near/streams")
+        assert r.status_code == 403 and code(r) == "account_proof_required"
+        proof = wallet.sign(subscribe_message("alice.near", "https://near.social", owner.endpoint))
+        assert signed(gw, owner, "POST", "/v1/streams", create_body(owner, signed=proof)).json()["signed"] is True
+        assert signed(gw, owner, "DELETE", "/v1/accounts/alice.near/streams").status_code == 204
+        assert gw.query("SELECT * FROM streams") == []
+    finally:
+        rpc.close()

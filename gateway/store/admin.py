@@ -15,7 +15,8 @@ def stream_info(row: Mapping[str, Any], muted: Iterable[str]) -> StreamInfo:
     stream = Stream(
         row["id"], row["account_id"], row["gateway"], row["endpoint"], row["endpoint_hash"], row["p256dh"], row["auth"]
     )
-    return StreamInfo(stream, float(row["created_at"]), float(row["updated_at"]), tuple(sorted(muted)))
+    created, updated = float(row["created_at"]), float(row["updated_at"])
+    return StreamInfo(stream, created, updated, tuple(sorted(muted)), bool(row["signed"]))
 
 
 def count_hosts(endpoints: Iterable[str], limit: int) -> list[tuple[str, int]]:

@@ -94,6 +94,7 @@ class StreamInfo:
     created_at: float
     updated_at: float
     muted: tuple[str, ...]
+    signed: bool = False  # created with a NEP-413 signature of the account: it proves the account
 
 
 class Lease(Protocol):
@@ -129,8 +130,11 @@ class Store(Protocol):
         *,
         max_per_account: int = 0,
         max_per_endpoint: int = 0,
+        signed: bool = False,
     ) -> bool:
-        """Create or refresh a stream; True when it was new.
+        """Create or refresh a stream; True when it was new. ``signed``: its request carried a valid
+        NEP-413 signature of the account, so the stream proves the account (``StreamInfo.signed``)
+        until it is refreshed with other keys and no signature.
 
         Refreshing (the account already has a stream on this endpoint) updates its keys, gateway and
         ``updated_at``, and is never capped. Caps (0 = none) apply to new streams only:

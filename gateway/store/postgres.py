@@ -205,6 +205,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX receipts_by_time ON receipts (at);
         """,
     ),
+    (
+        # A stream created with a NEP-413 signature proves its account: what changes the account for
+        # all its browsers through /v1 needs it. Refreshed with other keys and no signature, it is lost.
+        "0008_signed_streams",
+        "ALTER TABLE streams ADD COLUMN signed BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
 ]
 
 
@@ -359,6 +365,7 @@ class PostgresStore:
         *,
         max_per_account: int = 0,
         max_per_endpoint: int = 0,
+        signed: bool = False,
     ) -> bool:
         now = self._clock()
         ehash = endpoint_hash(endpoint)
@@ -366,7 +373,8 @@ class PostgresStore:
 
             async def refreshed() -> bool:
                 updated = await conn.execute(
-                    "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5 "
+                    "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5, "
+                    "signed = CASE WHEN $8 THEN TRUE WHEN auth = $3 THEN signed ELSE FALSE END "
                     "WHERE endpoint_hash = $6 AND account_id = $7",
                     gateway,
                     p256dh,
@@ -375,6 +383,7 @@ class PostgresStore:
                     now,
                     ehash,
                     account_id,
+                    signed,
                 )
                 return bool(updated != "UPDATE 0")
 
@@ -409,9 +418,11 @@ class PostgresStore:
                         await _delete_streams(conn, victim[0], account_id, now)
             inserted: bool = await conn.fetchval(
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, "
-                "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (endpoint_hash, account_id) "
+                "updated_at, signed) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) "
+                "ON CONFLICT (endpoint_hash, account_id) "
                 "DO UPDATE SET gateway = EXCLUDED.gateway, endpoint = EXCLUDED.endpoint, p256dh = EXCLUDED.p256dh, "
-                "auth = EXCLUDED.auth, updated_at = EXCLUDED.updated_at RETURNING (xmax = 0)",
+                "auth = EXCLUDED.auth, updated_at = EXCLUDED.updated_at, signed = CASE WHEN EXCLUDED.signed THEN TRUE "
+                "WHEN streams.auth = EXCLUDED.auth THEN streams.signed ELSE FALSE END RETURNING (xmax = 0)",
                 account_id,
                 gateway,
                 endpoint,
@@ -419,6 +430,7 @@ class PostgresStore:
                 p256dh,
                 auth,
                 now,
+                signed,
             )
             if inserted:
                 await conn.execute(_NEW_READER, account_id, ehash)

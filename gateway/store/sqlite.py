@@ -226,6 +226,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX receipts_by_time ON receipts (at);
         """,
     ),
+    (
+        # A stream created with a NEP-413 signature proves its account: what changes the account for
+        # all its browsers through /v1 needs it. Refreshed with other keys and no signature, it is lost.
+        "0010_signed_streams",
+        "ALTER TABLE streams ADD COLUMN signed INTEGER NOT NULL DEFAULT 0;",
+    ),
 ]
 
 
@@ -456,15 +462,17 @@ class SqliteStore:
         *,
         max_per_account: int = 0,
         max_per_endpoint: int = 0,
+        signed: bool = False,
     ) -> bool:
         now = self._clock()
         ehash = endpoint_hash(endpoint)
 
         def run(c: sqlite3.Connection) -> bool:
             cur = c.execute(
-                "UPDATE streams SET gateway = ?, p256dh = ?, auth = ?, endpoint = ?, updated_at = ? "
+                "UPDATE streams SET gateway = ?, p256dh = ?, auth = ?, endpoint = ?, updated_at = ?, "
+                "signed = CASE WHEN ? THEN 1 WHEN auth = ? THEN signed ELSE 0 END "
                 "WHERE endpoint_hash = ? AND account_id = ?",
-                (gateway, p256dh, auth, endpoint, now, ehash, account_id),
+                (gateway, p256dh, auth, endpoint, now, signed, auth, ehash, account_id),
             )
             if cur.rowcount:
                 return False
@@ -486,8 +494,8 @@ class SqliteStore:
                         _delete_streams(c, victim, account_id, now)
             c.execute(
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (account_id, gateway, endpoint, ehash, p256dh, auth, now, now),
+                "created_at, updated_at, signed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (account_id, gateway, endpoint, ehash, p256dh, auth, now, now, signed),
             )
             c.execute(_NEW_READER, (account_id, ehash, account_id))
             return True

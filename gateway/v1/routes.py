@@ -17,14 +17,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from gateway.api import PUBLIC_ERRORS, ApiContext
+from gateway.api import PUBLIC_ERRORS, ApiContext, GatewayKey, create_stream, quiet_hours_of
 from gateway.endpoints import InvalidEndpoint, canonical_endpoint, endpoint_hash, push_host
 from gateway.exceptions import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from gateway.links import click_url
-from gateway.models import AccountId
+from gateway.models import AccountId, CreateStreamRequest, ValueType
 from gateway.payload import title_and_body
 from gateway.ratelimit import retry_after_header
-from gateway.store.base import UNREAD_CAP, InboxItem, StreamInfo
+from gateway.store.base import ACCOUNT_READER, UNREAD_CAP, InboxItem, StreamInfo
 from gateway.v1.signing import SignedHeaders, SigningError, parse_time, verify
 
 PAGE_SIZE = 50  # inbox items per page unless ``limit`` asks for fewer or more...
@@ -54,9 +54,8 @@ def _ctx(request: Request) -> ApiContext:
     return ctx
 
 
-async def signed_caller(request: Request) -> Caller:
-    """The browser behind a signed request, or 401 with why not (``signature_required``,
-    ``signature_expired``, ``invalid_signature``, ``unknown_subscription``, ``signature_replayed``)."""
+async def _signed_headers(request: Request) -> tuple[SignedHeaders, str, float]:
+    """The signature headers, the canonical endpoint and the signing time, or 401."""
     ctx = _ctx(request)
     given = [request.headers.get(h) for h in ("x-push-endpoint", "x-push-time", "x-push-nonce", "x-push-signature")]
     if not all(given):
@@ -64,26 +63,48 @@ async def signed_caller(request: Request) -> Caller:
             "signature_required", "sign the request: X-Push-Endpoint, X-Push-Time, X-Push-Nonce, X-Push-Signature"
         )
     headers = SignedHeaders(*(str(g) for g in given))
-    max_age = ctx.settings.security.request_signature_max_age
     try:
-        signed_at = parse_time(headers.time, time.time(), max_age)
+        signed_at = parse_time(headers.time, time.time(), ctx.settings.security.request_signature_max_age)
         endpoint = canonical_endpoint(headers.endpoint)
     except SigningError as exc:
         raise Unauthorized(exc.code, exc.message) from None
     except InvalidEndpoint:
         raise Unauthorized("invalid_signature", "X-Push-Endpoint is not a push endpoint") from None
-    ehash = endpoint_hash(endpoint)
-    streams = await ctx.store.list_streams(endpoint_hash=ehash)
-    if not streams:
-        raise Unauthorized("unknown_subscription", "no stream holds this subscription")
+    return headers, endpoint, signed_at
+
+
+async def _check_signature(request: Request, auth: str, headers: SignedHeaders, signed_at: float) -> None:
+    """401 unless the request is signed with ``auth``, the first time this signature is seen."""
+    ctx = _ctx(request)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     try:
-        verify(streams[0].stream.auth, headers, request.method, target, await request.body())
+        verify(auth, headers, request.method, target, await request.body())
     except SigningError as exc:
         raise Unauthorized(exc.code, exc.message) from None
+    max_age = ctx.settings.security.request_signature_max_age
     if not await ctx.store.use_nonce(f"v1:{headers.signature}", signed_at + max_age):
         raise Unauthorized("signature_replayed", "this signed request was already used")
+
+
+async def signed_caller(request: Request) -> Caller:
+    """The browser behind a signed request, or 401 with why not (``signature_required``,
+    ``signature_expired``, ``invalid_signature``, ``unknown_subscription``, ``signature_replayed``)."""
+    headers, endpoint, signed_at = await _signed_headers(request)
+    ehash = endpoint_hash(endpoint)
+    streams = await _ctx(request).store.list_streams(endpoint_hash=ehash)
+    if not streams:
+        raise Unauthorized("unknown_subscription", "no stream holds this subscription")
+    await _check_signature(request, streams[0].stream.auth, headers, signed_at)
     return Caller(ehash, streams)
+
+
+def proven(info: StreamInfo) -> None:
+    """403 unless the stream proves its account (created with a NEP-413 signature)."""
+    if not info.signed:
+        raise Forbidden(
+            "account_proof_required",
+            "this changes the account on every browser: create this stream with `signed` (NEP-413) first",
+        )
 
 
 SignedCaller = Annotated[Caller, Depends(signed_caller)]
@@ -130,13 +151,42 @@ class UnreadBody(BaseModel):
     capped: bool  # the count stopped at its cap: show "999+"
 
 
+Scope = Literal["browser", "account"]
+
+
 class MarkReadRequest(BaseModel):
-    """Mark items read for this browser: ``ids``, everything up to ``upTo``, or ``all``."""
+    """Mark items read: ``ids``, everything up to ``upTo``, or ``all``; for this browser, or (the
+    stream proving the account) for the account on every browser."""
 
     accountId: AccountId
     ids: list[int] = Field(default_factory=list, max_length=MAX_READ_IDS)
     upTo: int | None = Field(None, ge=0)
     all: bool = False
+    scope: Scope = "browser"
+
+
+class MuteRequest(BaseModel):
+    """Mute (or unmute) a type for this browser's stream, or (proven) for the account's browsers."""
+
+    accountId: AccountId
+    type: ValueType
+    muted: bool
+    scope: Scope = "browser"
+
+
+class QuietRequest(BaseModel):
+    """This browser's quiet hours for the account ("HH:MM" in ``timeZone``); ``start`` null clears."""
+
+    accountId: AccountId
+    timeZone: str = Field("UTC", max_length=64)
+    start: str | None = Field(None, max_length=5)
+    end: str | None = Field(None, max_length=5)
+
+
+class CreatedStreamBody(BaseModel):
+    accountId: str
+    gateway: str
+    signed: bool  # it proves the account (created with a valid NEP-413 signature)
 
 
 class ReceiptRequest(BaseModel):
@@ -248,8 +298,75 @@ async def mark_read(body: MarkReadRequest, request: Request, caller: SignedCalle
     caller.stream_of(body.accountId)
     if not body.ids and body.upTo is None and not body.all:
         raise BadRequest("nothing_to_mark", "give ids, upTo or all")
+    reader = caller.endpoint_hash
+    if body.scope == "account":
+        proven(caller.stream_of(body.accountId))
+        reader = ACCOUNT_READER
     up_to = await ctx.store.newest_inbox_id(body.accountId) if body.all else body.upTo
-    await ctx.store.mark_read(body.accountId, caller.endpoint_hash, ids=body.ids, up_to=up_to)
+    await ctx.store.mark_read(body.accountId, reader, ids=body.ids, up_to=up_to)
+    return Response(status_code=204)
+
+
+@router.post("/streams", status_code=201, response_model=CreatedStreamBody)
+async def create_own_stream(body: CreateStreamRequest, request: Request, key: GatewayKey = None) -> Response:
+    """Register (201) or refresh (200) this browser's stream for an account, as /subscriptions/create
+    does; signed with the ``auth`` of the subscription in the body. With ``signed`` (NEP-413) the
+    stream proves the account, which account-wide changes through /v1 need."""
+    headers, endpoint, signed_at = await _signed_headers(request)
+    if endpoint != body.subscription.endpoint:
+        raise Unauthorized("invalid_signature", "X-Push-Endpoint is not the subscription's endpoint")
+    await _check_signature(request, body.subscription.keys.auth, headers, signed_at)
+    ctx = _ctx(request)
+    created = await create_stream(ctx, body, key)
+    [info] = [
+        i
+        for i in await ctx.store.list_streams(endpoint_hash=endpoint_hash(endpoint))
+        if i.stream.account_id == body.accountId
+    ]
+    answer = CreatedStreamBody(accountId=body.accountId, gateway=info.stream.gateway, signed=info.signed)
+    return Response(answer.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
+
+
+@router.delete("/streams/{account_id}", status_code=204)
+async def delete_own_stream(account_id: str, request: Request, caller: SignedCaller) -> Response:
+    """Stop this browser's notifications for the account (its other streams stay)."""
+    ctx = _ctx(request)
+    info = caller.stream_of(account_id)
+    await ctx.store.delete_streams(info.stream.endpoint, account_id)
+    ctx.counts.invalidate()
+    return Response(status_code=204)
+
+
+@router.delete("/accounts/{account_id}/streams", status_code=204)
+async def delete_account_streams(account_id: str, request: Request, caller: SignedCaller) -> Response:
+    """Delete every browser's stream of the account (this one's too): the stream must prove the account."""
+    ctx = _ctx(request)
+    proven(caller.stream_of(account_id))
+    await ctx.store.delete_streams_of(account_id=account_id)
+    ctx.counts.invalidate()
+    return Response(status_code=204)
+
+
+@router.put("/preferences/mutes", status_code=204)
+async def set_mute(body: MuteRequest, request: Request, caller: SignedCaller) -> Response:
+    """Mute or unmute a type: for this browser (``scope`` browser), or for the account on every
+    browser, now and later (``account``: the stream must prove the account)."""
+    ctx = _ctx(request)
+    info = caller.stream_of(body.accountId)
+    if body.scope == "account":
+        proven(info)
+    await ctx.store.set_preference(body.accountId, info.stream.endpoint, body.type, body.muted, scope=body.scope)
+    return Response(status_code=204)
+
+
+@router.put("/preferences/quiet", status_code=204)
+async def set_quiet(body: QuietRequest, request: Request, caller: SignedCaller) -> Response:
+    """This browser's quiet hours for the account (as POST /preferences/quiet)."""
+    ctx = _ctx(request)
+    info = caller.stream_of(body.accountId)
+    await ctx.store.set_quiet_hours(
+        body.accountId, info.stream.endpoint, quiet_hours_of(body.timeZone, body.start, body.end)
+    )
     return Response(status_code=204)
 
 
