@@ -603,3 +603,58 @@ def test_the_reference_service_workers_show_their_text_from_the_new_payload(
     assert note["data"]["url"] == "https://near.org/s/p?a=bob.near&b=129999000"
     if worker == "near_org_sw.js":
         assert note["tag"] == "9001"
+
+
+# --- Issue 17: the inbox on the page, receipts and the badge from the service worker ---------------
+
+
+def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_sets_the_badge(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
+) -> None:
+    sub = fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
+    page = open_client(browser, gateway)
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_selector("#state[data-state=subscribed]")
+    gateway.ingest([row(1, actionAtBlockHeight=129999000), row(2, value_type="comment", initiatedBy="carol.near")])
+    pushes = {p.payload["id"]: p for p in fake_push.wait_count(sub, 2) if p.payload}
+
+    page.evaluate("window.nearPushShowInbox()")
+    page.wait_for_selector("#inbox-items li >> nth=1")
+    items = page.eval_on_selector_all(
+        "#inbox-items li", "ls => ls.map(l => [+l.dataset.id, l.dataset.read, l.querySelector('a').href])"
+    )
+    like_id = pushes[1].payload["inboxId"]  # type: ignore[index]
+    comment_id = pushes[2].payload["inboxId"]  # type: ignore[index]
+    assert [(i, read) for i, read, _ in items] == [(comment_id, "false"), (like_id, "false")]  # newest first
+    assert dict((i, url) for i, _, url in items)[like_id] == POST_URL  # each links where its notification opens
+    assert "2 unread" in page.locator("#inbox-state").inner_text()
+
+    deliver(browser, page, gateway.url, pushes[1].plaintext.decode())
+    [on_desktop] = desktop.wait_shown(1)
+
+    def receipts() -> list[tuple[int, str]]:
+        return sorted((r[0], r[1]) for r in gateway.query("SELECT inbox_id, stage FROM receipts"))
+
+    for _ in range(100):
+        if receipts():
+            break
+        page.wait_for_timeout(50)
+    assert receipts() == [(like_id, "shown")]
+    state = page.evaluate("caches.open('near-push').then(c => c.match('/__near-push/state')).then(r => r.json())")
+    assert state["badge"] == pushes[1].payload["app_badge"] == 2  # type: ignore[index]
+
+    targets = TargetWatch(browser, page)
+    desktop.click(on_desktop["id"])  # a trusted click
+    targets.wait_for(page, POST_URL)
+    for _ in range(100):
+        if (like_id, "clicked") in receipts():
+            break
+        page.wait_for_timeout(50)
+    assert receipts() == [(like_id, "clicked"), (like_id, "shown")]
+    page.evaluate("window.nearPushShowInbox()")
+    page.wait_for_selector(f"#inbox-items li[data-id='{like_id}'][data-read=true]")
+    assert "1 unread" in page.locator("#inbox-state").inner_text()
+    page.click("#mark-all-read")
+    page.wait_for_selector("#inbox-state:has-text('0 unread')")

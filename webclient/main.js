@@ -1,11 +1,14 @@
 // NEAR push notifications in the browser: subscribe a NEAR account to a push gateway.
 //
 // Reusable as an ES module by any frontend:
-//   import { subscribe, unsubscribe, setMuted, setQuietHours, status, renew } from "https://<gateway>/main.js";
+//   import { subscribe, unsubscribe, setMuted, setQuietHours, inbox, markRead, status, renew }
+//     from "https://<gateway>/main.js";   (or from the "near-push-client" package: see README.md here)
 //   await subscribe("bob.near", { serviceWorker: "/sw.js" });   // call from a click handler
 //   renew({ serviceWorker: "/sw.js" });                         // call on every page load
 // The service worker must be served by the frontend's own origin (copy the gateway's /sw.js).
 // When this file is the gateway's own page (index.html), it also wires the page's controls.
+
+import "./signing.js"; // sets globalThis.NearPushSigning (shared with the service worker)
 
 const GATEWAY_URL = new URL(".", import.meta.url).href.replace(/\/$/, "");
 const STATE_CACHE = "near-push";
@@ -96,6 +99,9 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   state.server = server;
   state.gatewayKey = gatewayKey;
   state.endpoint = sub.endpoint; // for the service worker's Mute action
+  // For the worker's signed receipts where it cannot read the subscription itself; this origin's
+  // storage holds the subscription anyway.
+  state.subscription = { endpoint: sub.endpoint, keys: { auth: sub.toJSON().keys.auth } };
   state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
   await writeState(state);
   return sub;
@@ -123,6 +129,49 @@ export async function setMuted(accountId, type, muted, { serviceWorker = `${GATE
     state.gatewayKey);
   state.muted = { ...state.muted, [`${accountId}/${type}`]: muted };
   await writeState(state);
+}
+
+/** A /v1 request signed with this browser's subscription secret; the answer's JSON (null for 204). */
+async function signedFetch(method, target, body, { serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
+  const reg = await registration(serviceWorker);
+  const sub = await reg.pushManager.getSubscription();
+  if (!sub) throw Object.assign(new Error("Not subscribed"), { code: "unsubscribed" });
+  const state = await readState();
+  const json = sub.toJSON();
+  const text = body === undefined ? "" : JSON.stringify(body);
+  const headers = await globalThis.NearPushSigning.signedHeaders({
+    auth: json.keys.auth, endpoint: json.endpoint, method, target, body: text,
+  });
+  if (text) headers["Content-Type"] = "application/json";
+  const r = await fetch(`${state.server || GATEWAY_URL}${target}`, { method, headers, body: text || undefined });
+  if (!r.ok) {
+    const err = await r.json().catch(() => ({}));
+    throw Object.assign(new Error(err.message || `HTTP ${r.status}`), { code: err.code, status: r.status });
+  }
+  return r.status === 204 ? null : r.json();
+}
+
+/**
+ * The account's notifications for this browser, newest first: `{items: [{id, type, title, body, url,
+ * createdAt, read, row}], next}`; pass `next` as `cursor` for the page after.
+ */
+export async function inbox(accountId, { cursor = null, limit = 50, serviceWorker } = {}) {
+  const query = new URLSearchParams({ account: accountId, limit: String(limit) });
+  if (cursor) query.set("cursor", cursor);
+  return signedFetch("GET", `/v1/inbox?${query}`, undefined, { serviceWorker });
+}
+
+/** How many of the account's notifications this browser has not read: `{unread, capped}`. */
+export async function unreadCount(accountId, { serviceWorker } = {}) {
+  return signedFetch("GET", `/v1/inbox/unread?${new URLSearchParams({ account: accountId })}`, undefined,
+    { serviceWorker });
+}
+
+/** Mark notifications read for this browser: `{ids: [...]}`, `{upTo: id}` or `{all: true}`. */
+export async function markRead(accountId, { ids = [], upTo = null, all = false, serviceWorker } = {}) {
+  const body = { accountId, ids, all };
+  if (upTo !== null) body.upTo = upTo;
+  await signedFetch("POST", "/v1/inbox/read", body, { serviceWorker });
 }
 
 /**
@@ -203,6 +252,7 @@ function wirePage() {
     $("unsubscribe").hidden = state !== "subscribed";
     $("mute").hidden = state !== "subscribed";
     $("quiet").hidden = state !== "subscribed";
+    $("inbox").hidden = state !== "subscribed";
   };
   const account = () => form.account.value.trim();
 
@@ -232,6 +282,7 @@ function wirePage() {
     try {
       await subscribe(account(), { gateway: form.opens.value });
       await refresh();
+      await showInbox();
     } catch (err) {
       if (err.code === "blocked") show("blocked");
       else show("error", `Could not subscribe: ${err.message}`);
@@ -268,7 +319,37 @@ function wirePage() {
       quietState(`Could not clear quiet hours: ${err.message}`);
     }
   });
-  refresh().catch((err) => show("error", err.message));
+  async function showInbox() {
+    const list = $("inbox-items");
+    const state = await readState();
+    const items = [];
+    for (const { accountId } of state.streams) {
+      const page = await inbox(accountId).catch(() => ({ items: [] }));
+      items.push(...page.items);
+    }
+    items.sort((a, b) => Number(a.read) - Number(b.read) || b.createdAt - a.createdAt); // unread first
+    list.replaceChildren(...items.map((item) => {
+      const li = document.createElement("li");
+      li.dataset.id = item.id;
+      li.dataset.read = String(item.read);
+      const link = document.createElement("a");
+      link.href = item.url;
+      link.textContent = `${item.title}: ${item.body}`;
+      link.addEventListener("click", () => {
+        markRead(item.row.receiver, { ids: [item.id] }).catch(() => {});
+      });
+      li.append(link);
+      return li;
+    }));
+    $("inbox-state").textContent = items.length ? `${items.filter((i) => !i.read).length} unread` : "Nothing yet.";
+  }
+  window.nearPushShowInbox = showInbox; // for the page's own refresh (and tests)
+  $("mark-all-read").addEventListener("click", async () => {
+    const state = await readState();
+    for (const { accountId } of state.streams) await markRead(accountId, { all: true }).catch(() => {});
+    await showInbox();
+  });
+  refresh().then(() => ($("inbox").hidden ? null : showInbox())).catch((err) => show("error", err.message));
   renew().then((accounts) => { document.body.dataset.renewed = accounts.join(","); });
 }
 

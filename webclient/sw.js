@@ -1,5 +1,8 @@
-// Service worker for NEAR push notifications: show every push, open its page on click, and keep the
-// gateway's copy of the subscription current. Frontends serve a copy of this file from their own origin.
+// Service worker for NEAR push notifications: show every push, open its page on click, report what
+// was shown and clicked, set the app badge, and keep the gateway's copy of the subscription current.
+// A frontend serves a copy of this file from its own origin, or imports it into its own worker:
+//   self.NEAR_PUSH_GATEWAY = "https://<gateway>/";  importScripts("https://<gateway>/sw.js");
+importScripts(new URL("signing.js", self.NEAR_PUSH_GATEWAY || self.location).href);
 
 const STATE_CACHE = "near-push";
 const STATE_KEY = "/__near-push/state";
@@ -84,18 +87,66 @@ function muteOf(data) {
   return { accountId: String(data.receiver), type, title: `Mute ${MUTE_LABELS[type] || type}` };
 }
 
+// A receipt to the gateway (POST /v1/receipts), signed with the subscription's secret; never throws.
+async function report(stage, data) {
+  try {
+    const read = NearPushSigning.readPayload(data);
+    if (!read || read.inboxId === null || !read.accountId) return;
+    const state = (await readState()) || {};
+    const server = state.server || new URL(".", self.location).href.replace(/\/$/, "");
+    const live = await self.registration.pushManager.getSubscription();
+    const sub = live ? live.toJSON() : state.subscription;
+    if (!sub || !sub.keys) return;
+    const body = JSON.stringify({ accountId: read.accountId, inboxId: read.inboxId, stage });
+    const headers = await NearPushSigning.signedHeaders({
+      auth: sub.keys.auth, endpoint: sub.endpoint, method: "POST", target: "/v1/receipts", body,
+    });
+    // keepalive: the request outlives the worker being stopped right after the event.
+    await fetch(`${server}/v1/receipts`, {
+      method: "POST", body, keepalive: true, headers: { ...headers, "Content-Type": "application/json" },
+    });
+  } catch (_) {
+    /* a receipt is best effort: the notification itself is what matters */
+  }
+}
+
+async function setBadge(data) {
+  const read = NearPushSigning.readPayload(data);
+  if (!read || read.badge === null) return;
+  const state = await readState();
+  if (state) { // the page shows it too, where the platform has no badge
+    state.badge = read.badge;
+    await (await caches.open(STATE_CACHE)).put(STATE_KEY, new Response(JSON.stringify(state),
+      { headers: { "Content-Type": "application/json" } }));
+  }
+  if (!("setAppBadge" in self.navigator)) return;
+  try {
+    if (read.badge > 0) await self.navigator.setAppBadge(read.badge);
+    else await self.navigator.clearAppBadge();
+  } catch (_) {
+    /* no badge where the platform has none */
+  }
+}
+
 self.addEventListener("push", (event) => {
   const data = parse(event);
   const n = describe(data);
   const mute = muteOf(data);
-  keep(event, self.registration.showNotification(n.title, {
-    body: n.body,
-    tag: n.tag,
-    renotify: Boolean(n.tag),
-    lang: (data && data.notification && data.notification.lang) || undefined,
-    actions: mute ? [{ action: "mute", title: mute.title }] : [],
-    data: { url: n.url, payload: data, mute },
-  }));
+  keep(event, (async () => {
+    await self.registration.showNotification(n.title, {
+      body: n.body,
+      tag: n.tag,
+      renotify: Boolean(n.tag),
+      lang: (data && data.notification && data.notification.lang) || undefined,
+      actions: mute ? [{ action: "mute", title: mute.title }] : [],
+      data: { url: n.url, payload: data, mute },
+    });
+    await Promise.all([setBadge(data), report("shown", data)]);
+  })());
+});
+
+self.addEventListener("notificationclose", (event) => {
+  keep(event, report("closed", (event.notification.data || {}).payload));
 });
 
 // "Mute <type>": the account-wide mute (/preferences/set), as the page's own checkbox sets it.
@@ -121,12 +172,14 @@ self.addEventListener("notificationclick", (event) => {
     return;
   }
   const url = data.url || FALLBACK_URL;
+  const receipt = report("clicked", data.payload); // beside the opening: a window opens only while the click is fresh
   keep(event, (async () => {
     const target = new URL(url, self.location).href;
     const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
     const open = windows.find((w) => w.url === target);
-    if (open && "focus" in open) return open.focus();
-    return self.clients.openWindow(target);
+    if (open && "focus" in open) await open.focus();
+    else await self.clients.openWindow(target);
+    await receipt;
   })());
 });
 
