@@ -177,3 +177,18 @@ def test_generic_rows_follow_the_mapping() -> None:
     assert event.row["initiatedBy"] == "alice.eth" and event.row["extra"] == 1
     assert sorted(f.kind for f in decoded.faults) == ["bad_row", "bad_row"]
     assert decode_json_rows({"x": 1}, source="eth", rows="result.items", mapping=mapping).faults[0].kind == "no_rows"
+
+
+def test_a_social_notify_cannot_claim_to_be_account_activity() -> None:
+    """Anyone can write index.notify {"type": "delete_key"} to bob: it must not become a security alert
+    (high urgency, through quiet hours) — only the chain decoder makes activity rows."""
+    import base64
+
+    from watchers.decode import Decoded, decode_social_set
+
+    notify = [{"key": "bob.near", "value": {"type": t}} for t in ("delete_key", "add_key", "near_transfer", "like")]
+    args = {"data": {"mallory.near": {"index": {"notify": json.dumps(notify)}}}}
+    out = Decoded("live")
+    decode_social_set(base64.b64encode(json.dumps(args).encode()).decode(), "rcpt:0", 140000000, "social", out)
+    assert [e.value_type for e in out.events] == ["like"]
+    assert [f.kind for f in out.faults] == ["reserved_type"] * 3

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.models import MAX_SAFE_INTEGER, Event, NotificationRow, loads_json
+from gateway.models import ACTIVITY_TYPES, MAX_SAFE_INTEGER, Event, NotificationRow, loads_json
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,14 @@ def event_from_row(row: NotificationRow, source: str, *, near_key: bool = False)
 
 
 def _validated(raw: Any, source: str, out: Decoded, *, near_key: bool = True) -> None:
+    claimed = raw.get("valueType") if isinstance(raw, dict) else None
+    if near_key and isinstance(claimed, str) and claimed in ACTIVITY_TYPES:
+        # Anyone can write a social notify of any type: one claiming to be account activity
+        # ("delete_key") would show as a security alert and go through quiet hours. Only the chain
+        # decoder makes those.
+        out.faults.append(Fault("reserved_type", f"{claimed} is on-chain activity, not a social notification"))
+        out.reached(raw.get("blockHeight"))
+        return
     try:
         out.add(event_from_row(NotificationRow.model_validate(raw), source, near_key=near_key))
     except ValidationError as exc:
