@@ -17,9 +17,11 @@ from gateway.pacing.digest import (
     Fold,
     FoldState,
     Hold,
+    LatestDigest,
     Pacing,
     digest_tag,
     fold_key_for,
+    fold_state,
     folded_keys,
     plan,
 )
@@ -67,7 +69,7 @@ def test_the_first_of_a_burst_goes_at_once_and_the_rest_fold_into_one_digest() -
     window, t0 = 60.0, 1000.0
     assert plan("e1", t0, "k", None, window, FoldState()) == Deliver("k")
     second = plan("e2", t0 + 5, "k", None, window, FoldState("e1", t0))
-    assert second == Hold("k", t0 + window, ("e1", "e2"))
+    assert second == Hold("k", t0 + window, ("e1", "e2"), 2)
     assert plan("e3", t0 + 6, "k", None, window, FoldState("e1", t0, open_digest=7)) == Fold(7)
     # after the window a new burst begins
     assert plan("e4", t0 + window + 1, "k", None, window, FoldState("e1", t0)) == Deliver("k")
@@ -81,12 +83,33 @@ def test_quiet_hours_hold_everything_but_high_urgency() -> None:
     assert key == QUIET and held_until == at("2026-12-04T07:00:00", "Europe/Berlin")
     alert = {**row(2, value_type="add_key"), "permission": "FullAccess"}
     assert fold_key_for(alert, quiet, pacing, night) == (None, None)
-    assert plan("e1", night, QUIET, held_until, 0, FoldState()) == Hold(QUIET, held_until, ("e1",))
+    assert plan("e1", night, QUIET, held_until, 0, FoldState()) == Hold(QUIET, held_until, ("e1",), 1)
     assert plan("e2", night, QUIET, held_until, 0, FoldState(open_digest=3)) == Fold(3)
     day = at("2026-12-03T12:00:00", "Europe/Berlin")
     assert fold_key_for(row(1), quiet, pacing, day) == (None, None)
     digests = Pacing({"like": TypeDelivery(digest=60)})
     assert fold_key_for(row(1), quiet, digests, day)[0] is not None  # by day, the like's digest window
+
+
+def test_an_event_arriving_as_its_digest_is_taken_carries_that_digest_on() -> None:
+    """Ingest's clock says the window is still open, but the dispatcher already took the digest: the
+    next digest carries its events and count, so "and 4 others" is never replaced by "and 1 other"."""
+    window, t0 = 60.0, 1000.0
+    taken = LatestDigest(7, ["e1", "e2", "e3"], 3, "pending", t0 + 90, t0 + window)
+    state = fold_state(("e1", t0), taken, t0 + 59.9, window, None)
+    assert state.open_digest is None and state.carried == (("e1", "e2", "e3"), 3)
+    assert plan("e4", t0 + 59.9, "k", None, window, state) == Hold("k", t0 + window, ("e1", "e2", "e3", "e4"), 4)
+    sent = taken._replace(status="sent", lease_until=None)
+    assert fold_state(("e1", t0), sent, t0 + 59.9, window, None).carried == (("e1", "e2", "e3"), 3)
+    still_open = taken._replace(lease_until=None)
+    assert fold_state(("e1", t0), still_open, t0 + 30, window, None).open_digest == 7
+    older_burst = taken._replace(status="sent", lease_until=None, due_at=t0 - 500)  # another window's
+    assert fold_state(("e1", t0), older_burst, t0 + 30, window, None) == FoldState("e1", t0)
+    # quiet hours: the same window's digest, taken at its end, is carried on too
+    quiet_taken = LatestDigest(9, ["q1", "q2"], 2, "pending", t0 + 5000, t0 + 3600)
+    assert plan("q3", t0 + 3599, QUIET, t0 + 3600, 0, fold_state(None, quiet_taken, t0 + 3599, 0, t0 + 3600)) == Hold(
+        QUIET, t0 + 3600, ("q1", "q2", "q3"), 3
+    )
 
 
 def test_a_digest_lists_at_most_so_many_events() -> None:

@@ -678,3 +678,75 @@ async def test_receipts_are_recorded_once_per_stage_and_a_click_reads_the_item(s
     rows = {(r.value_type, r.push_host): r[2:] for r in await store.funnel(clock.now - 86400)}
     assert rows == {("like", host): (1, 1, 1, 0), ("comment", host): (1, 0, 0, 1)}
     assert await store.funnel(clock.now + 1) == []
+
+
+async def test_an_event_arriving_as_its_digest_is_claimed_goes_on_in_a_bigger_digest(
+    make_store: Callable[[], Store], clock: Clock
+) -> None:
+    """Ingest's clock (its transaction began just before the window ended, or its host runs behind)
+    still says "inside the window" while a dispatcher has taken the digest."""
+    worker_clock = Clock()
+    ingest, worker = make_store(), make_store()
+    worker._clock = worker_clock  # type: ignore[attr-defined]  (both stores read their clock there)
+    await ingest.open()
+    await worker.open()
+    try:
+        t0 = clock.now
+        await ingest.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+        await ingest.ingest([event(1)], LIKES_DIGEST)
+        await worker.record([Outcome(c.delivery_id, "sent", 201) for c in await worker.claim(10, 30)])
+        await ingest.ingest([event(n) for n in (2, 3, 4, 5)], LIKES_DIGEST)
+        worker_clock.now = t0 + 60
+        [first_digest] = await worker.claim(10, 30)
+        clock.now = t0 + 59.8
+        late = await ingest.ingest([event(6)], LIKES_DIGEST)
+        assert (late.deliveries, late.folded) == (1, 0)  # a new digest, not a fold into the taken one
+        await worker.record([Outcome(first_digest.delivery_id, "sent", 201)])
+        worker_clock.now = t0 + 60.1
+        [second_digest] = await worker.claim(10, 30)
+        assert first_digest.folded_total == 5
+        assert [r["id"] for r in second_digest.folded] == [1, 2, 3, 4, 5, 6] and second_digest.folded_total == 6
+    finally:
+        await ingest.close()
+        await worker.close()
+
+
+async def test_processes_ingesting_one_burst_at_once_open_one_digest(
+    make_store: Callable[[], Store], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = make_store(), make_store()
+    if isinstance(a, SqliteStore):
+        pytest.skip("SQLite has one writer: two ingests never overlap (PostgreSQL's case)")
+    matched = PostgresStore._match_one
+
+    async def slow(conn: Any, *args: Any) -> None:  # the rest of a batch: the transaction stays open
+        await matched(conn, *args)
+        await anyio.sleep(0.3)
+
+    monkeypatch.setattr(PostgresStore, "_match_one", staticmethod(slow))
+    await a.open()
+    await b.open()
+    try:
+        await a.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+        await a.ingest([event(1)], LIKES_DIGEST)
+        await a.record([Outcome(c.delivery_id, "sent", 201) for c in await a.claim(10, 30)])
+        clock.now += 5
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.ingest, [event(2)], LIKES_DIGEST)
+            tg.start_soon(b.ingest, [event(3)], LIKES_DIGEST)
+        minute = minute_of_day(clock.now)
+        await a.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+        await a.set_quiet_hours("carol.near", E2, QuietHours("UTC", minute, (minute + 2) % 1440))
+        quiet = MatchPolicy(pacing=Pacing())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.ingest, [event(4, receiver="carol.near")], quiet)
+            tg.start_soon(b.ingest, [event(5, receiver="carol.near")], quiet)
+        clock.now += 200
+        digests = {c.stream.account_id: c for c in await a.claim(10, 30)}
+        assert sorted(r["id"] for r in digests["bob.near"].folded) == [1, 2, 3]
+        assert digests["bob.near"].folded_total == 3
+        assert sorted(r["id"] for r in digests["carol.near"].folded) == [4, 5]
+        assert len(digests) == 2 and digests["carol.near"].folded_total == 2
+    finally:
+        await a.close()
+        await b.close()

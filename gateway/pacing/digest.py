@@ -50,7 +50,40 @@ class FoldState(NamedTuple):
 
     first_key: str | None = None  # event of the latest push sent at once within the window
     first_at: float | None = None  # ...and when it was queued
-    open_digest: int | None = None  # a digest not yet due that can take more events
+    open_digest: int | None = None  # a digest not yet due (nor taken) that can take more events
+    # A digest of the same window already taken or sent (an event that arrives as it is claimed):
+    # its events and count go on in the next one, so a digest never replaces a bigger one.
+    carried: tuple[tuple[str, ...], int] | None = None
+
+
+class LatestDigest(NamedTuple):
+    """The newest digest row of a (stream, fold key), as the stores read it."""
+
+    id: int
+    folded: list[str]
+    total: int
+    status: str
+    lease_until: float | None
+    due_at: float
+
+
+def fold_state(
+    first: tuple[str, float] | None,
+    latest: LatestDigest | None,
+    now: float,
+    window: float,
+    held_until: float | None,
+) -> FoldState:
+    """What ``plan`` needs, from the newest push sent at once and the newest digest of a fold key."""
+    first_key, first_at = first if first is not None else (None, None)
+    if latest is None:
+        return FoldState(first_key, first_at)
+    if latest.status == "pending" and latest.lease_until is None and latest.due_at > now:
+        return FoldState(first_key, first_at, open_digest=latest.id)
+    window_ends = held_until if held_until is not None else (None if first_at is None else first_at + window)
+    if latest.status in ("pending", "sent") and window_ends is not None and latest.due_at == window_ends:
+        return FoldState(first_key, first_at, carried=(tuple(latest.folded), latest.total))
+    return FoldState(first_key, first_at)
 
 
 class Deliver(NamedTuple):
@@ -60,11 +93,13 @@ class Deliver(NamedTuple):
 
 
 class Hold(NamedTuple):
-    """Queue a digest of ``folded`` (event keys, oldest first) due at ``due_at``."""
+    """Queue a digest of ``folded`` (event keys, oldest first; the newest MAX_FOLDED_KEYS) due at
+    ``due_at``, folding ``total`` events."""
 
     fold_key: str
     due_at: float
     folded: tuple[str, ...]
+    total: int
 
 
 class Fold(NamedTuple):
@@ -110,13 +145,25 @@ def split_paced(
 
 def plan(event_key: str, now: float, fold_key: str, held_until: float | None, window: float, state: FoldState) -> Plan:
     """Where one event goes for one stream, given what the outbox holds for its fold key."""
-    if held_until is not None:
-        return Fold(state.open_digest) if state.open_digest is not None else Hold(QUIET, held_until, (event_key,))
-    if state.first_at is not None and state.first_key is not None and now < state.first_at + window:
-        if state.open_digest is not None:
-            return Fold(state.open_digest)
-        return Hold(fold_key, state.first_at + window, (state.first_key, event_key))
-    return Deliver(fold_key)
+    burst_ends = _burst_ends(state, now, window)
+    due = held_until if held_until is not None else burst_ends
+    if due is None:
+        return Deliver(fold_key)
+    if state.open_digest is not None:
+        return Fold(state.open_digest)
+    if state.carried is not None:
+        keys, total = state.carried
+        return Hold(fold_key, due, tuple(folded_keys(list(keys), event_key)), total + 1)
+    if held_until is not None or state.first_key is None:
+        return Hold(fold_key, due, (event_key,), 1)
+    return Hold(fold_key, due, (state.first_key, event_key), 2)
+
+
+def _burst_ends(state: FoldState, now: float, window: float) -> float | None:
+    """When the burst the latest push at once opened ends, while it lasts."""
+    if state.first_at is None or state.first_key is None or now >= state.first_at + window:
+        return None
+    return state.first_at + window
 
 
 def folded_keys(keys: list[str], event_key: str) -> list[str]:

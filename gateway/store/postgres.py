@@ -25,10 +25,12 @@ from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import (
     DIGEST_PREFIX,
+    MAX_DIGEST_REACH,
     Fold,
-    FoldState,
     Hold,
+    LatestDigest,
     events_purged_before,
+    fold_state,
     folded_keys,
     plan,
     split_paced,
@@ -735,38 +737,36 @@ class PostgresStore:
         policy: MatchPolicy,
         now: float,
     ) -> bool:
-        """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded).
-
-        The open digest is locked (FOR UPDATE) so a dispatcher cannot claim it while it takes the event
-        (its claim skips locked rows; a claimed one no longer matches ``lease_until IS NULL``)."""
+        """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded)."""
         window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
+        # One ingest at a time per (stream, fold key): two processes must not both open a digest. The
+        # newest digest is locked too (FOR UPDATE): a dispatcher's claim skips it while it takes the
+        # event, and one that claimed it first is seen as such (a claimed digest takes no more).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"fold:{stream.id}:{fold_key}")
         first = None
         if held_until is None:  # quiet hours hold everything: no burst to look for
-            first = await conn.fetchrow(
+            found_first = await conn.fetchrow(
                 "SELECT event_key, created_at FROM deliveries WHERE stream_id = $1 AND fold_key = $2 "
                 "AND folded IS NULL AND created_at > $3 ORDER BY created_at DESC LIMIT 1",
                 stream.id,
                 fold_key,
                 now - window,
             )
-        digest = await conn.fetchrow(
-            "SELECT id, folded FROM deliveries WHERE stream_id = $1 AND fold_key = $2 AND folded IS NOT NULL "
-            "AND status = 'pending' AND lease_until IS NULL AND due_at > $3 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            first = None if found_first is None else (found_first[0], found_first[1])
+        found = await conn.fetchrow(
+            "SELECT id, folded, folded_total, status, lease_until, due_at FROM deliveries WHERE stream_id = $1 "
+            "AND fold_key = $2 AND folded IS NOT NULL AND created_at > $3 ORDER BY id DESC LIMIT 1 FOR UPDATE",
             stream.id,
             fold_key,
-            now,
+            now - window - MAX_DIGEST_REACH,
         )
-        state = FoldState(
-            None if first is None else first[0],
-            None if first is None else first[1],
-            None if digest is None else digest[0],
-        )
-        step = plan(event.key, now, fold_key, held_until, window, state)
+        latest = None if found is None else LatestDigest(found[0], json.loads(found[1]), *found[2:])
+        step = plan(event.key, now, fold_key, held_until, window, fold_state(first, latest, now, window, held_until))
         if isinstance(step, Fold):
-            keys = folded_keys(json.loads(digest[1]), event.key)
+            assert latest is not None
             await conn.execute(
                 "UPDATE deliveries SET folded = $1, folded_total = folded_total + 1 WHERE id = $2",
-                json.dumps(keys),
+                json.dumps(folded_keys(latest.folded, event.key)),
                 step.delivery_id,
             )
             return False
@@ -775,11 +775,8 @@ class PostgresStore:
             "folded_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
         )
         if isinstance(step, Hold):
-            folded = json.dumps(list(step.folded))
-            key = DIGEST_PREFIX + event.key
-            await conn.execute(
-                insert, key, stream.id, stream.endpoint_hash, now, step.due_at, fold_key, folded, len(step.folded)
-            )
+            held = (stream.id, stream.endpoint_hash, now, step.due_at, fold_key, json.dumps(list(step.folded)))
+            await conn.execute(insert, DIGEST_PREFIX + event.key, *held, step.total)
         else:
             await conn.execute(insert, event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0)
         return True

@@ -28,10 +28,12 @@ from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import (
     DIGEST_PREFIX,
+    MAX_DIGEST_REACH,
     Fold,
-    FoldState,
     Hold,
+    LatestDigest,
     events_purged_before,
+    fold_state,
     folded_keys,
     plan,
     split_paced,
@@ -321,9 +323,9 @@ _BURST_FIRST = (
     "SELECT event_key, created_at FROM deliveries WHERE stream_id = ? AND fold_key = ? AND folded IS NULL "
     "AND created_at > ? ORDER BY created_at DESC LIMIT 1"
 )
-_OPEN_DIGEST = (
-    "SELECT id, folded FROM deliveries WHERE stream_id = ? AND fold_key = ? AND folded IS NOT NULL "
-    "AND status = 'pending' AND lease_until IS NULL AND due_at > ? ORDER BY id DESC LIMIT 1"
+_LATEST_DIGEST = (
+    "SELECT id, folded, folded_total, status, lease_until, due_at FROM deliveries WHERE stream_id = ? "
+    "AND fold_key = ? AND folded IS NOT NULL AND created_at > ? ORDER BY id DESC LIMIT 1"
 )
 _NEW_PACED = (
     "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fold_key, folded, "
@@ -757,22 +759,22 @@ class SqliteStore:
     ) -> bool:
         """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded)."""
         window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
-        first = (None, None)
+        first = None
         if held_until is None:  # quiet hours hold everything: no burst to look for
-            first = c.execute(_BURST_FIRST, (stream.id, fold_key, now - window)).fetchone() or first
-        digest = c.execute(_OPEN_DIGEST, (stream.id, fold_key, now)).fetchone()
-        state = FoldState(first[0], first[1], None if digest is None else digest[0])
-        step = plan(event.key, now, fold_key, held_until, window, state)
+            first = c.execute(_BURST_FIRST, (stream.id, fold_key, now - window)).fetchone()
+        found = c.execute(_LATEST_DIGEST, (stream.id, fold_key, now - window - MAX_DIGEST_REACH)).fetchone()
+        latest = None if found is None else LatestDigest(found[0], json.loads(found[1]), *found[2:])
+        step = plan(event.key, now, fold_key, held_until, window, fold_state(first, latest, now, window, held_until))
         if isinstance(step, Fold):
-            keys = folded_keys(json.loads(digest[1]), event.key)
+            assert latest is not None
             c.execute(
                 "UPDATE deliveries SET folded = ?, folded_total = folded_total + 1 WHERE id = ?",
-                (json.dumps(keys), step.delivery_id),
+                (json.dumps(folded_keys(latest.folded, event.key)), step.delivery_id),
             )
             return False
         if isinstance(step, Hold):
             args = (DIGEST_PREFIX + event.key, stream.id, stream.endpoint_hash, now, step.due_at, fold_key)
-            c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), len(step.folded)))
+            c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), step.total))
         else:
             c.execute(_NEW_PACED, (event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0))
         return True
