@@ -29,7 +29,7 @@ from gateway.models import Claim
 from gateway.pacing.collapse import topic_for
 from gateway.pacing.digest import digest_tag
 from gateway.pacing.urgency import ttl_for, urgency_for
-from gateway.payload import build_payload, with_badge
+from gateway.payload import COMPACT_PLAINTEXT_BYTES, MAX_PLAINTEXT_BYTES, build_payload, with_badge
 from gateway.store.base import Outcome, Store
 from gateway.webpush import PushAnswer, Verdict
 
@@ -262,8 +262,9 @@ class Dispatcher:
                 inbox_id=claim.inbox_id,
             )
 
+        limit = COMPACT_PLAINTEXT_BYTES if claim.compact else MAX_PLAINTEXT_BYTES
         if claim.folded:  # a digest is its stream's own
-            return with_badge(build(), claim.unread)
+            return with_badge(build(), claim.unread, limit)
         key = (claim.event_key, claim.stream.gateway, claim.compact)
         cached = self._payloads.get(key) if claim.event_key else None
         if cached is None:
@@ -271,7 +272,7 @@ class Dispatcher:
             if len(self._payloads) >= PAYLOAD_CACHE:
                 self._payloads.clear()
             self._payloads[key] = cached
-        return with_badge(cached, claim.unread)
+        return with_badge(cached, claim.unread, limit)
 
     async def _write_outcomes(self) -> None:
         """Record outcomes in batches: one transaction per FLUSH_WINDOW instead of one per push;

@@ -170,13 +170,15 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def with_badge(encoded: bytes, unread: int | None) -> bytes:
+def with_badge(encoded: bytes, unread: int | None, limit: int = MAX_PLAINTEXT_BYTES) -> bytes:
     """A built payload with this browser's unread count as ``app_badge`` (Declarative Web Push's
     top-level member; our service worker sets the app badge from it). Appended to the shared bytes:
-    the rest of a payload is the same for every browser of the account."""
+    the rest of a payload is the same for every browser of the account. Left out where it would
+    take the payload past ``limit``."""
     if unread is None:
         return encoded
-    return encoded[:-1] + b',"app_badge":' + str(min(unread, 1000)).encode() + b"}"
+    badged = encoded[:-1] + b',"app_badge":' + str(min(unread, 1000)).encode() + b"}"
+    return badged if len(badged) <= limit else encoded
 
 
 def _declarative(added: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +232,8 @@ def build_payload(
     }
     if inbox_id is not None:
         added["inboxId"] = inbox_id
-    limit = (COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES) - BADGE_ROOM
+    # the full form leaves room for the badge; the compact one (after a 413) fits first, badge if room
+    limit = COMPACT_PLAINTEXT_BYTES if compact else MAX_PLAINTEXT_BYTES - BADGE_ROOM
     if folded:  # the rows go in the room the rest leaves
         room = limit - len(_encode({**added, **_declarative(added), **row})) - DIGEST_OVERHEAD
         added["digest"] = _digest_member(folded, folded_total, room)
@@ -252,8 +255,12 @@ def build_payload(
         added.pop("digest", None)
         encoded = _encode({**added, **near, **_declarative(added)})
     chars = FIELD_CHARS
+    cut = {**added, **near}
     while len(encoded) > limit and chars > 1:  # whatever a source sent, every text gets shorter until it fits
         cut = {k: v[:chars] if isinstance(v, str) and k not in KEPT_WHOLE else v for k, v in {**added, **near}.items()}
         encoded = _encode({**cut, **_declarative(cut)})
         chars //= 2
+    if len(encoded) > limit:  # the last resort: without the declarative copy of what is already there
+        cut.pop("inboxId", None)
+        encoded = _encode(cut)
     return encoded

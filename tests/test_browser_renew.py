@@ -63,6 +63,8 @@ def test_reload_refreshes_the_stream_and_brings_it_back(
     page.wait_for_selector("#state[data-state=subscribed]")
     page.check("#types input[value=like]")
     page.wait_for_selector("#mute-state:has-text('Muted Likes')")
+    page.click("#quiet-save")  # the default 22:00-07:00, in this browser's time zone
+    page.wait_for_selector("#quiet-state:has-text('Quiet from 22:00 to 07:00')")
     [(account, endpoint, first)] = streams(gw)
     assert (account, endpoint) == ("bob.near", sub.endpoint)
 
@@ -82,6 +84,9 @@ def test_reload_refreshes_the_stream_and_brings_it_back(
     assert [(a, e) for a, e, _ in streams(gw)] == [("bob.near", sub.endpoint)]
     assert [tuple(r) for r in gw.query("SELECT account_id, value_type FROM account_mutes")] == [("bob.near", "like")]
     assert gw.ingest(row(1, value_type="like")).json()["skipped"] == {"blocked_by_preference": 1}
+    # ...and its quiet hours, which went with the deleted stream
+    wait_for(page, lambda: gw.query("SELECT quiet_start, quiet_end FROM streams")[0][0] is not None, "quiet hours back")
+    assert [tuple(r) for r in gw.query("SELECT quiet_start, quiet_end FROM streams")] == [(22 * 60, 7 * 60)]
 
 
 def test_a_browser_pushed_out_by_junk_streams_comes_back_on_its_next_load(

@@ -26,7 +26,7 @@ from gateway.pacing.digest import (
     plan,
 )
 from gateway.pacing.quiet import QuietHours, format_hhmm, parse_hhmm, quiet_until
-from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, digest_text
+from gateway.payload import MAX_PLAINTEXT_BYTES, build_payload, digest_text, with_badge
 from tests.conftest import row
 
 TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")  # RFC 8030 §5.4
@@ -217,3 +217,38 @@ def test_an_empty_window_or_unknown_zone_is_never_quiet() -> None:
     now = at("2026-06-01T23:00:00", "UTC")
     assert quiet_until(now, QuietHours("UTC", 600, 600)) is None
     assert quiet_until(now, QuietHours("Mars/Olympus", 0, 1439)) is None
+
+
+def test_a_window_whose_end_the_spring_change_skips_ends_at_the_jump() -> None:
+    quiet = QuietHours("America/New_York", parse_hhmm("22:00"), parse_hhmm("02:30"))
+    # 2026-03-08: 02:00 EST jumps to 03:00 EDT, so 02:30 never happens that night
+    ends = quiet_until(at("2026-03-07T23:00:00", "America/New_York"), quiet)
+    assert ends == datetime.fromisoformat("2026-03-08T07:00:00+00:00").timestamp()  # 03:00 EDT, not 03:30
+
+
+def test_a_window_ending_in_the_repeated_autumn_hour_holds_through_both() -> None:
+    quiet = QuietHours("America/New_York", parse_hhmm("22:00"), parse_hhmm("01:30"))
+    # 2026-11-01: 02:00 EDT goes back to 01:00 EST; 01:15 happens twice
+    first_pass = datetime.fromisoformat("2026-11-01T05:15:00+00:00").timestamp()  # 01:15 EDT
+    second_pass = datetime.fromisoformat("2026-11-01T06:15:00+00:00").timestamp()  # 01:15 EST
+    assert quiet_until(first_pass, quiet) == datetime.fromisoformat("2026-11-01T05:30:00+00:00").timestamp()
+    assert quiet_until(second_pass, quiet) == datetime.fromisoformat("2026-11-01T06:30:00+00:00").timestamp()
+
+
+def test_a_compact_payload_of_a_wide_row_still_fits_its_limit() -> None:
+    """The compact form (sent after a 413) stays under 1 KiB with the badge, declarative members and
+    all, for rows of wide characters (ids are kept whole: a 64-character id of 4-byte characters)."""
+    from gateway.payload import BADGE_ROOM, COMPACT_PLAINTEXT_BYTES, MAX_PLAINTEXT_BYTES
+
+    wide = "\U0001f600" * 64  # 4 bytes each
+    widest = {**row(1, "b" * 64, "v" * 128), "id": wide, "initiatedBy": wide, "path": wide * 4, "message": wide * 4}
+    likes = [{**widest, "id": f"{wide[:60]}{i}"} for i in range(64)]
+    compact = [
+        build_payload(widest, compact=True, inbox_id=2**53),
+        build_payload(likes[-1], compact=True, folded=likes, folded_total=900, inbox_id=2**53),
+    ]
+    for payload in compact:
+        assert len(payload) <= COMPACT_PLAINTEXT_BYTES, len(payload)
+        assert len(with_badge(payload, 999, COMPACT_PLAINTEXT_BYTES)) <= COMPACT_PLAINTEXT_BYTES
+        assert json.loads(payload)["receiver"] == "b" * 64 and json.loads(payload)["id"]
+    assert len(build_payload(likes[-1], folded=likes, folded_total=900)) <= MAX_PLAINTEXT_BYTES - BADGE_ROOM

@@ -170,7 +170,7 @@ def test_kill_9_while_deliveries_are_held_still_delivers_them_once(
     assert fake_push.wait_for(lambda: len(bob_digests()) == 1, timeout=15)
     # carol's quiet window ends now (time moved by editing the row the restart found)
     with sqlite3.connect(tmp_path / "gw.db") as db:
-        moved = db.execute("UPDATE deliveries SET due_at = ? WHERE event_key = 'digest:ingest:10'", (time.time(),))
+        moved = db.execute("UPDATE deliveries SET due_at = ? WHERE event_key = '~digest:ingest:10'", (time.time(),))
         assert moved.rowcount == 1  # the digest the first held event opened
     [held] = fake_push.wait_count(carol, 1, timeout=15)
     assert held.payload is not None and held.payload["title"] == "2 new notifications"

@@ -519,6 +519,7 @@ async def test_quiet_hours_hold_pushes_until_the_window_ends_but_not_security_al
     clock.now = ends
     [digest] = await store.claim(10, 30)
     assert [r["id"] for r in digest.folded] == [1, 2] and digest.folded_total == 2
+    assert digest.event_created_at == ends  # its age (give_up_after) counts from the window's end
     assert await store.set_quiet_hours("bob.near", E1, None)
     clock.now = ends - 60  # inside the old window, but it was cleared
     assert (await store.ingest([event(4)], policy)).deliveries == 1
@@ -750,3 +751,15 @@ async def test_processes_ingesting_one_burst_at_once_open_one_digest(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_digest_key_never_collides_with_an_event_key(store: Store, clock: Clock) -> None:
+    """POST /events?source=digest makes keys "digest:<id>": a digest's own key must be another."""
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    lookalike = Event("digest:t:2", "digest", "bob.near", "poke", 1, row(99, value_type="poke"))
+    await store.ingest([lookalike], LIKES_DIGEST)
+    result = await store.ingest([event(1), event(2)], LIKES_DIGEST)
+    assert (result.deliveries, result.folded) == (2, 0)
+    clock.now += 60
+    kinds = sorted((c.event_key, c.folded_total) for c in await store.claim(10, 30))
+    assert kinds == [("digest:t:2", 0), ("t:1", 0), ("~digest:t:2", 2)]

@@ -104,6 +104,10 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   state.subscription = { endpoint: sub.endpoint, keys: { auth: sub.toJSON().keys.auth } };
   state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
   await writeState(state);
+  if (state.quiet) { // this browser's quiet hours hold for every account it gets notifications for
+    await post(server, "/preferences/quiet", { accountId, endpoint: sub.endpoint, ...state.quiet }, gatewayKey)
+      .catch(() => {});
+  }
   return sub;
 }
 
@@ -197,7 +201,7 @@ export async function setQuietHours(window, { serviceWorker = `${GATEWAY_URL}/sw
 
 /**
  * Register this browser's streams again, quietly (call it on every page load; the gateway's own page
- * does). Anyone may register streams for any account, and at `max_streams_per_account` the gateway
+ * does), with their mutes and quiet hours. Anyone may register streams for any account, and at `max_streams_per_account` the gateway
  * drops the account's least recently refreshed ones: renewing keeps this browser the most recent, and
  * brings its streams (and mutes) back if junk ones pushed them out. Never asks anything, never throws;
  * resolves to the accounts renewed. Unsigned: a gateway requiring signed subscriptions refuses it.
@@ -227,6 +231,10 @@ export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
       if (!muted || !renewed.includes(accountId)) continue;
       await post(server, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type.join("/"), block: true },
         state.gatewayKey).catch(() => {});
+    }
+    for (const accountId of state.quiet ? renewed : []) { // and its quiet hours, which go with a stream
+      await post(server, "/preferences/quiet", { accountId, endpoint: sub.endpoint, ...state.quiet }, state.gatewayKey)
+        .catch(() => {});
     }
     return renewed;
   } catch (_) {

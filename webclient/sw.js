@@ -218,6 +218,10 @@ self.addEventListener("pushsubscriptionchange", (event) => {
       const [accountId, ...type] = key.split("/");
       if (muted) await post(server, "/preferences/set", { accountId, endpoint: subscription.endpoint, dapp: type.join("/"), block: true }, state.gatewayKey);
     }
+    // So do quiet hours (they go with the stream).
+    for (const { accountId } of state.quiet ? state.streams : []) {
+      await post(server, "/preferences/quiet", { accountId, endpoint: subscription.endpoint, ...state.quiet }, state.gatewayKey);
+    }
     const old = event.oldSubscription && event.oldSubscription.endpoint;
     if (old && old !== subscription.endpoint) await post(server, "/subscriptions/delete", { endpoint: old }, state.gatewayKey);
   })());

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from gateway.config import TypeDelivery
 
 QUIET = "quiet"  # the fold key of the digest quiet hours hold
-DIGEST_PREFIX = "digest:"  # a digest row's event key: this + the key of the event that opened it
+# A digest row's event key: this + the key of the event that opened it. Event keys are
+# "<source>:<id>" with source names of [a-z0-9._-] (or "near:…"), so none starts with "~".
+DIGEST_PREFIX = "~digest:"
 MAX_DIGEST_REACH = 86400.0  # seconds before its row a digest's events may be: the longest digest window
 MAX_FOLDED_KEYS = 64  # event keys a digest row lists (its count goes on): more would not fit one push
 

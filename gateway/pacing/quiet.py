@@ -54,6 +54,20 @@ def quiet_until(now: float, quiet: QuietHours) -> float | None:
     if not inside:
         return None
     day = local.date() + timedelta(days=1 if ends_tomorrow else 0)
-    ends = datetime.combine(day, time(quiet.end // 60, quiet.end % 60), tzinfo=zone).timestamp()
-    # A wall-clock end that a DST change skips or repeats still ends the window after now.
-    return ends if ends > now else None
+    return _wall_end(datetime.combine(day, time(quiet.end // 60, quiet.end % 60)), zone, now)
+
+
+def _wall_end(end: datetime, zone: zoneinfo.ZoneInfo, now: float) -> float | None:
+    """The instant after ``now`` when the local clock first reads ``end``: the repeated hour of an
+    autumn change has it twice (the one after now), a spring change may skip it (then the jump)."""
+    before = end.replace(tzinfo=zone, fold=0).timestamp()
+    after = end.replace(tzinfo=zone, fold=1).timestamp()
+    if before <= after:  # an ordinary time (equal) or one the clock shows twice
+        return next((t for t in (before, after) if t > now), None)
+    # Skipped: ``after`` (read with the new offset) is before the jump, ``before`` after it.
+    low, high = int(after), int(before) + 1
+    offset = datetime.fromtimestamp(high, zone).utcoffset()
+    while high - low > 1:  # the first second with the new offset: the jump
+        middle = (low + high) // 2
+        low, high = (low, middle) if datetime.fromtimestamp(middle, zone).utcoffset() == offset else (middle, high)
+    return float(high) if high > now else None

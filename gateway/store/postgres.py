@@ -775,7 +775,8 @@ class PostgresStore:
             "folded_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
         )
         if isinstance(step, Hold):
-            held = (stream.id, stream.endpoint_hash, now, step.due_at, fold_key, json.dumps(list(step.folded)))
+            # created when its window ends: a delivery's age (give_up_after) counts from then
+            held = (stream.id, stream.endpoint_hash, step.due_at, step.due_at, fold_key, json.dumps(list(step.folded)))
             await conn.execute(insert, DIGEST_PREFIX + event.key, *held, step.total)
         else:
             await conn.execute(insert, event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0)

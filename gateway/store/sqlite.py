@@ -773,7 +773,8 @@ class SqliteStore:
             )
             return False
         if isinstance(step, Hold):
-            args = (DIGEST_PREFIX + event.key, stream.id, stream.endpoint_hash, now, step.due_at, fold_key)
+            # created when its window ends: a delivery's age (give_up_after) counts from then
+            args = (DIGEST_PREFIX + event.key, stream.id, stream.endpoint_hash, step.due_at, step.due_at, fold_key)
             c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), step.total))
         else:
             c.execute(_NEW_PACED, (event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0))
