@@ -302,7 +302,7 @@ _UNREAD_OF = (
     "SELECT json_group_array(json_array(a, r, (SELECT COUNT(*) FROM (SELECT 1 FROM inbox i WHERE i.account_id = a "
     "AND i.id > (SELECT COALESCE(MAX(up_to), 0) FROM inbox_marks m WHERE m.account_id = a AND m.reader IN (r, '*')) "
     "AND NOT EXISTS (SELECT 1 FROM inbox_read x WHERE x.account_id = a AND x.reader IN (r, '*') "
-    "AND x.inbox_id = i.id) LIMIT ?1)))) "
+    "AND x.inbox_id = i.id) ORDER BY i.account_id, i.id LIMIT ?1)))) "
     "FROM (SELECT value ->> 0 AS a, value ->> 1 AS r FROM json_each(?2))"
 )
 _OLDEST_OPEN_DIGEST = "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
@@ -581,7 +581,7 @@ class SqliteStore:
             (up_to,) = c.execute(_READ_UP_TO, (account_id, reader)).fetchone()
             (count,) = c.execute(
                 f"SELECT COUNT(*) FROM (SELECT 1 FROM inbox i WHERE i.account_id = ? AND i.id > ? "  # noqa: S608
-                f"AND NOT {_IS_READ} LIMIT ?)",
+                f"AND NOT {_IS_READ} ORDER BY i.account_id, i.id LIMIT ?)",
                 (account_id, up_to, up_to, reader, cap),
             ).fetchone()
             return int(count)
