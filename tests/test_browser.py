@@ -623,6 +623,23 @@ def test_the_reference_service_workers_show_their_text_from_the_new_payload(
 # --- Issue 17: the inbox on the page, receipts and the badge from the service worker ---------------
 
 
+def test_a_frontends_own_worker_imports_the_gateways_and_shows_its_pushes(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop, reference_site: str
+) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest(row(9001, "bob.near", "like", actionAtBlockHeight=129999000))
+    [push] = fake_push.wait_count(sub, 1)
+    browser.grant_permissions(["notifications"], origin=reference_site)
+    page = browser.new_page()
+    page.goto(f"{reference_site}/near_org_sw.js")  # any page of the frontend's origin
+    worker = f"/imports_gateway_sw.js?gateway={gateway.url}/"
+    page.evaluate(f"navigator.serviceWorker.register('{worker}').then(() => navigator.serviceWorker.ready)")
+    deliver(browser, page, reference_site, push.plaintext.decode())
+    [note] = shown(page, desktop, 1)
+    assert (note["title"], note["body"]) == ("New like", "alice.near liked your post")
+    assert note["data"]["url"] == POST_URL and note["data"]["mute"]["type"] == "like"
+
+
 def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_sets_the_badge(
     gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
 ) -> None:
