@@ -763,3 +763,27 @@ async def test_a_digest_key_never_collides_with_an_event_key(store: Store, clock
     clock.now += 60
     kinds = sorted((c.event_key, c.folded_total) for c in await store.claim(10, 30))
     assert kinds == [("digest:t:2", 0), ("t:1", 0), ("~digest:t:2", 2)]
+
+
+async def test_folded_and_held_notifications_are_in_the_inbox_too(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1), event(2), event(3)], LIKES_DIGEST)  # one at once, two folded
+    minute = minute_of_day(clock.now)
+    await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+    await store.set_quiet_hours("carol.near", E2, QuietHours("UTC", minute, (minute + 2) % 1440))
+    held = await store.ingest([event(4, receiver="carol.near")], MatchPolicy(pacing=Pacing()))
+    assert held.deliveries == 1  # the held digest
+    assert [i.row["id"] for i in await store.inbox("bob.near", B1)] == [3, 2, 1]
+    assert [i.row["id"] for i in await store.inbox("carol.near", B2)] == [4]
+
+
+async def test_read_up_to_a_time_marks_what_came_by_then(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1)], MatchPolicy())
+    noon = clock.now
+    clock.now += 10
+    await store.ingest([event(2)], MatchPolicy())
+    up_to = await store.newest_inbox_id("bob.near", until=noon)
+    await store.mark_read("bob.near", B1, up_to=up_to)
+    assert [(i.row["id"], i.read) for i in await store.inbox("bob.near", B1)] == [(2, False), (1, True)]
+    assert await store.newest_inbox_id("bob.near", until=noon - 1) == 0

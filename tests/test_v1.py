@@ -346,3 +346,15 @@ def test_account_wide_changes_need_a_stream_created_with_the_accounts_signature(
         assert gw.query("SELECT * FROM streams") == []
     finally:
         rpc.close()
+
+
+def test_mark_read_up_to_a_time(gateway: RunningGateway, fake_push: FakePushService) -> None:
+    sub = subscribe(gateway, fake_push, "bob.near")
+    gateway.ingest([row(1)])
+    [first] = signed(gateway, sub, "GET", "/v1/inbox?account=bob.near").json()["items"]
+    time.sleep(0.05)
+    gateway.ingest([row(2)])
+    r = signed(gateway, sub, "POST", "/v1/inbox/read", {"accountId": "bob.near", "upToTime": first["createdAt"]})
+    assert r.status_code == 204
+    items = signed(gateway, sub, "GET", "/v1/inbox?account=bob.near").json()["items"]
+    assert [(i["row"]["id"], i["read"]) for i in items] == [(2, False), (1, True)]

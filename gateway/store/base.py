@@ -200,8 +200,9 @@ class Store(Protocol):
     async def funnel(self, since: float) -> list[FunnelRow]:
         """Per (type, push service): pushes sent since ``since``, and the receipts reported since."""
 
-    async def newest_inbox_id(self, account_id: str) -> int:
-        """The id of the account's newest item (0 when none): "mark all read" marks up to it."""
+    async def newest_inbox_id(self, account_id: str, *, until: float | None = None) -> int:
+        """The id of the account's newest item (0 when none), or of the newest created at or before
+        ``until``: "mark all read" and "read up to a time" mark up to it."""
 
     # --- ingest: matcher + outbox + cursor in one transaction ---
     async def ingest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -603,8 +604,12 @@ class PostgresStore:
             )
         return funnel_rows([tuple(r) for r in [*sent, *digests]], [tuple(r) for r in seen])
 
-    async def newest_inbox_id(self, account_id: str) -> int:
-        value = await self.pool.fetchval("SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1", account_id)
+    async def newest_inbox_id(self, account_id: str, *, until: float | None = None) -> int:
+        value = await self.pool.fetchval(
+            "SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1 AND created_at <= $2",
+            account_id,
+            math.inf if until is None else until,
+        )
         return int(value)
 
     # --- ingest ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -652,9 +653,12 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def newest_inbox_id(self, account_id: str) -> int:
+    async def newest_inbox_id(self, account_id: str, *, until: float | None = None) -> int:
         row = await self._run(
-            lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = ?", (account_id,)).fetchone()
+            lambda c: c.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = ? AND created_at <= ?",
+                (account_id, math.inf if until is None else until),
+            ).fetchone()
         )
         return int(row[0])
 

@@ -161,6 +161,7 @@ class MarkReadRequest(BaseModel):
     accountId: AccountId
     ids: list[int] = Field(default_factory=list, max_length=MAX_READ_IDS)
     upTo: int | None = Field(None, ge=0)
+    upToTime: float | None = Field(None, ge=0, description="everything that arrived at or before (epoch seconds)")
     all: bool = False
     scope: Scope = "browser"
 
@@ -293,16 +294,20 @@ async def unread(
 
 @router.post("/inbox/read", status_code=204)
 async def mark_read(body: MarkReadRequest, request: Request, caller: SignedCaller) -> Response:
-    """Mark notifications read for this browser: some (``ids``), all up to one (``upTo``), or ``all``."""
+    """Mark notifications read for this browser (or, ``scope`` account, on every browser): some
+    (``ids``), all up to one (``upTo``), all that came up to a time (``upToTime``), or ``all``."""
     ctx = _ctx(request)
     caller.stream_of(body.accountId)
-    if not body.ids and body.upTo is None and not body.all:
-        raise BadRequest("nothing_to_mark", "give ids, upTo or all")
+    if not body.ids and body.upTo is None and body.upToTime is None and not body.all:
+        raise BadRequest("nothing_to_mark", "give ids, upTo, upToTime or all")
     reader = caller.endpoint_hash
     if body.scope == "account":
         proven(caller.stream_of(body.accountId))
         reader = ACCOUNT_READER
-    up_to = await ctx.store.newest_inbox_id(body.accountId) if body.all else body.upTo
+    up_to = body.upTo
+    if body.all or body.upToTime is not None:
+        until = None if body.all else body.upToTime
+        up_to = max(up_to or 0, await ctx.store.newest_inbox_id(body.accountId, until=until))
     await ctx.store.mark_read(body.accountId, reader, ids=body.ids, up_to=up_to)
     return Response(status_code=204)
 
