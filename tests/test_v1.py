@@ -36,7 +36,7 @@ def signed(
         "X-Push-Endpoint": sub.endpoint,
         "X-Push-Time": stamp,
         "X-Push-Nonce": nonce,
-        "X-Push-Signature": sign(secret, method, target, stamp, nonce, content),
+        "X-Push-Signature": sign(secret, method, target, sub.endpoint, stamp, nonce, content),
         **({"Content-Type": "application/json"} if body is not None else {}),
         **(headers or {}),
     }
@@ -51,16 +51,18 @@ def code(r: httpx.Response) -> str:
 
 
 def test_the_canonical_request_binds_method_target_time_and_body() -> None:
-    auth, n = "_WaWEIbW1xnIE4LSaho9uw", "n" * 16
-    base = sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", n)
-    assert base != sign(auth, "POST", "/v1/inbox?account=bob.near", "1800000000", n)
-    assert base != sign(auth, "GET", "/v1/inbox?account=carol.near", "1800000000", n)
-    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000001", n)
-    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", "m" * 16)
-    assert base != sign(auth, "GET", "/v1/inbox?account=bob.near", "1800000000", n, b"{}")
-    assert base != sign("AAAAAAAAAAAAAAAAAAAAAA", "GET", "/v1/inbox?account=bob.near", "1800000000", n)
-    lines = canonical_request("get", "/v1/x", "1", n, b"").split(b"\n")
-    assert lines[:5] == [b"NPG1", b"GET", b"/v1/x", b"1", n.encode()]
+    auth, n, e = "_WaWEIbW1xnIE4LSaho9uw", "n" * 16, "https://fcm.googleapis.com/fcm/send/a"
+    target = "/v1/inbox?account=bob.near"
+    base = sign(auth, "GET", target, e, "1800000000", n)
+    assert base != sign(auth, "POST", target, e, "1800000000", n)
+    assert base != sign(auth, "GET", "/v1/inbox?account=carol.near", e, "1800000000", n)
+    assert base != sign(auth, "GET", target, e + "b", "1800000000", n)  # another endpoint
+    assert base != sign(auth, "GET", target, e, "1800000001", n)
+    assert base != sign(auth, "GET", target, e, "1800000000", "m" * 16)
+    assert base != sign(auth, "GET", target, e, "1800000000", n, b"{}")
+    assert base != sign("AAAAAAAAAAAAAAAAAAAAAA", "GET", target, e, "1800000000", n)
+    lines = canonical_request("get", "/v1/x", e, "1", n, b"").split(b"\n")
+    assert lines[:6] == [b"NPG1", b"GET", b"/v1/x", e.encode(), b"1", n.encode()]
 
 
 def test_a_signing_time_must_be_seconds_within_the_window() -> None:
@@ -106,14 +108,16 @@ def test_unsigned_wrongly_signed_stale_replayed_and_unknown_requests_are_refused
         "X-Push-Endpoint": sub.endpoint,
         "X-Push-Time": stamp,
         "X-Push-Nonce": nonce,
-        "X-Push-Signature": sign(sub.as_json()["keys"]["auth"], "GET", "/v1/streams", stamp, nonce, b""),
+        "X-Push-Signature": sign(sub.as_json()["keys"]["auth"], "GET", "/v1/streams", sub.endpoint, stamp, nonce, b""),
     }
     assert gateway.http.get("/v1/streams", headers=headers).status_code == 200
     again = gateway.http.get("/v1/streams", headers=headers)
     assert again.status_code == 401 and code(again) == "signature_replayed"
     # a signature for one target does not open another
     headers["X-Push-Nonce"] = nonce = secrets.token_urlsafe(16)
-    headers["X-Push-Signature"] = sign(sub.as_json()["keys"]["auth"], "GET", "/v1/streams", stamp, nonce, b"")
+    headers["X-Push-Signature"] = sign(
+        sub.as_json()["keys"]["auth"], "GET", "/v1/streams", sub.endpoint, stamp, nonce, b""
+    )
     assert code(gateway.http.get("/v1/inbox?account=bob.near", headers=headers)) == "invalid_signature"
 
 
@@ -358,3 +362,41 @@ def test_mark_read_up_to_a_time(gateway: RunningGateway, fake_push: FakePushServ
     assert r.status_code == 204
     items = signed(gateway, sub, "GET", "/v1/inbox?account=bob.near").json()["items"]
     assert [(i["row"]["id"], i["read"]) for i in items] == [(2, False), (1, True)]
+
+
+def test_a_stranger_registering_on_a_known_endpoint_opens_none_of_its_other_streams(
+    start_gateway: Any, fake_push: FakePushService
+) -> None:
+    """The NEAR routes let anyone who knows an endpoint register a stream on it for another account,
+    with a secret of their own: that secret must open that stream only."""
+    from tests.fakesources import FakeNearRpc
+    from tests.rfc8291 import BrowserKeys
+    from tests.test_hardening import Wallet, subscribe_message
+
+    rpc = FakeNearRpc()
+    try:
+        gw = start_gateway(security={"near_rpc_url": rpc.url})
+        wallet = Wallet()
+        rpc.add_key("alice.near", wallet.public_key)
+        victim = fake_push.subscribe()
+        proof = wallet.sign(subscribe_message("alice.near", "https://near.social", victim.endpoint))
+        assert signed(gw, victim, "POST", "/v1/streams", create_body(victim, signed=proof)).json()["signed"] is True
+        gw.ingest([row(1, "alice.near")])
+        fake_push.wait_count(victim, 1)
+        attacker = fake_push.subscribe()
+        attacker.endpoint = victim.endpoint  # knows the endpoint, has its own keys
+        attacker.keys = BrowserKeys.new()
+        r = gw.post("/subscriptions/create", create_body(attacker, "mallory.near"))
+        assert r.status_code == 201
+        assert [s["accountId"] for s in signed(gw, attacker, "GET", "/v1/streams").json()["streams"]] == [
+            "mallory.near"
+        ]
+        r = signed(gw, attacker, "GET", "/v1/inbox?account=alice.near")
+        assert r.status_code == 403 and code(r) == "not_your_account"
+        r = signed(gw, attacker, "DELETE", "/v1/accounts/alice.near/streams")
+        assert r.status_code == 403 and code(r) == "not_your_account"
+        # the real browser still holds its streams
+        assert signed(gw, victim, "GET", "/v1/inbox?account=alice.near").status_code == 200
+        assert [s["accountId"] for s in signed(gw, victim, "GET", "/v1/streams").json()["streams"]] == ["alice.near"]
+    finally:
+        rpc.close()

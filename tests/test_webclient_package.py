@@ -66,7 +66,9 @@ def test_the_browsers_signature_is_the_gateways() -> None:
     )
     assert done.returncode == 0, done.stderr
     headers = json.loads(done.stdout)
+    endpoint = "https://fcm.googleapis.com/fcm/send/x"
+    body = b'{"stage":"shown"}'
     expected = sign(
-        "_WaWEIbW1xnIE4LSaho9uw", "POST", "/v1/receipts?x=1", "1800000000", "abcdefghijklmnop", b'{"stage":"shown"}'
+        "_WaWEIbW1xnIE4LSaho9uw", "POST", "/v1/receipts?x=1", endpoint, "1800000000", "abcdefghijklmnop", body
     )
     assert headers["X-Push-Signature"] == expected and headers["X-Push-Time"] == "1800000000"

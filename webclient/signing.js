@@ -24,9 +24,9 @@
   }
 
   /** The string a request's signature covers (what the gateway's gateway/v1/signing.py rebuilds). */
-  async function canonicalRequest(method, target, time, nonce, body) {
+  async function canonicalRequest(method, target, endpoint, time, nonce, body) {
     const bodyHash = base64url(await crypto.subtle.digest("SHA-256", encoder.encode(body)));
-    return [SCHEME, method.toUpperCase(), target, time, nonce, bodyHash].join("\n");
+    return [SCHEME, method.toUpperCase(), target, endpoint, time, nonce, bodyHash].join("\n");
   }
 
   /**
@@ -37,7 +37,7 @@
     const time = String(Math.floor(now / 1000));
     nonce = nonce || base64url(crypto.getRandomValues(new Uint8Array(16)));
     const key = await hmac(fromBase64url(auth), encoder.encode(KEY_LABEL));
-    const canonical = await canonicalRequest(method, target, time, nonce, body);
+    const canonical = await canonicalRequest(method, target, endpoint, time, nonce, body);
     const signature = base64url(await hmac(key, encoder.encode(canonical)));
     return { "X-Push-Endpoint": endpoint, "X-Push-Time": time, "X-Push-Nonce": nonce, "X-Push-Signature": signature };
   }

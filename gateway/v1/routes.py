@@ -73,14 +73,24 @@ async def _signed_headers(request: Request) -> tuple[SignedHeaders, str, float]:
     return headers, endpoint, signed_at
 
 
-async def _check_signature(request: Request, auth: str, headers: SignedHeaders, signed_at: float) -> None:
-    """401 unless the request is signed with ``auth``, the first time this signature is seen."""
-    ctx = _ctx(request)
+async def _signed_by(request: Request, auth: str, headers: SignedHeaders) -> bool:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     try:
         verify(auth, headers, request.method, target, await request.body())
-    except SigningError as exc:
-        raise Unauthorized(exc.code, exc.message) from None
+    except SigningError:
+        return False
+    return True
+
+
+async def _check_signature(request: Request, auth: str, headers: SignedHeaders, signed_at: float) -> None:
+    """401 unless the request is signed with ``auth``, the first time this signature is seen."""
+    if not await _signed_by(request, auth, headers):
+        raise Unauthorized("invalid_signature", "X-Push-Signature is not this request's, signed by this subscription")
+    await _use_once(request, headers, signed_at)
+
+
+async def _use_once(request: Request, headers: SignedHeaders, signed_at: float) -> None:
+    ctx = _ctx(request)
     max_age = ctx.settings.security.request_signature_max_age
     if not await ctx.store.use_nonce(f"v1:{headers.signature}", signed_at + max_age):
         raise Unauthorized("signature_replayed", "this signed request was already used")
@@ -88,14 +98,25 @@ async def _check_signature(request: Request, auth: str, headers: SignedHeaders, 
 
 async def signed_caller(request: Request) -> Caller:
     """The browser behind a signed request, or 401 with why not (``signature_required``,
-    ``signature_expired``, ``invalid_signature``, ``unknown_subscription``, ``signature_replayed``)."""
+    ``signature_expired``, ``invalid_signature``, ``unknown_subscription``, ``signature_replayed``).
+
+    The caller holds only the endpoint's streams whose own secret made the signature: anyone who
+    knows an endpoint may register a stream on it with a secret of theirs (the NEAR routes are open),
+    and that must not open the streams the browser registered with its real one."""
     headers, endpoint, signed_at = await _signed_headers(request)
     ehash = endpoint_hash(endpoint)
     streams = await _ctx(request).store.list_streams(endpoint_hash=ehash)
     if not streams:
         raise Unauthorized("unknown_subscription", "no stream holds this subscription")
-    await _check_signature(request, streams[0].stream.auth, headers, signed_at)
-    return Caller(ehash, streams)
+    held: list[StreamInfo] = []
+    for auth in {s.stream.auth for s in streams}:
+        if await _signed_by(request, auth, headers):
+            held = [s for s in streams if s.stream.auth == auth]
+            break
+    if not held:
+        raise Unauthorized("invalid_signature", "X-Push-Signature is not this request's, signed by this subscription")
+    await _use_once(request, headers, signed_at)
+    return Caller(ehash, held)
 
 
 def proven(info: StreamInfo) -> None:

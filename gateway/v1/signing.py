@@ -11,7 +11,7 @@ secret ever travelling. A request carries three headers:
 
 where ``k = HMAC-SHA256(auth, "near-push-gateway/v1 request")`` (a key of its own, never the RFC 8291
 one) and ``canonical`` is, joined by newlines: ``NPG1``, the method, the path with its query string as
-sent, the time, the nonce, and base64url(SHA-256(body)). A signature is good for ``max_age`` seconds
+sent, the endpoint, the time, the nonce, and base64url(SHA-256(body)). A signature is good for ``max_age`` seconds
 either side of the gateway's clock and, the store remembering it, for one request (the nonce lets a
 browser send the same request twice in one second).
 """
@@ -57,16 +57,18 @@ def _auth_bytes(auth: str) -> bytes:
     return base64.urlsafe_b64decode(auth + "=" * (-len(auth) % 4))
 
 
-def canonical_request(method: str, target: str, time: str, nonce: str, body: bytes) -> bytes:
-    """What is signed: ``target`` is the path with its query string, exactly as sent."""
+def canonical_request(method: str, target: str, endpoint: str, time: str, nonce: str, body: bytes) -> bytes:
+    """What is signed: ``target`` is the path with its query string, ``endpoint`` the header's value,
+    both exactly as sent."""
     body_hash = _b64url(hashlib.sha256(body).digest())
-    return "\n".join((SCHEME, method.upper(), target, time, nonce, body_hash)).encode()
+    return "\n".join((SCHEME, method.upper(), target, endpoint, time, nonce, body_hash)).encode()
 
 
-def sign(auth: str, method: str, target: str, time: str, nonce: str, body: bytes = b"") -> str:
+def sign(auth: str, method: str, target: str, endpoint: str, time: str, nonce: str, body: bytes = b"") -> str:
     """The ``X-Push-Signature`` of a request, as a browser computes it (tests and tools use this)."""
     key = hmac.new(_auth_bytes(auth), KEY_LABEL, hashlib.sha256).digest()
-    return _b64url(hmac.new(key, canonical_request(method, target, time, nonce, body), hashlib.sha256).digest())
+    canonical = canonical_request(method, target, endpoint, time, nonce, body)
+    return _b64url(hmac.new(key, canonical, hashlib.sha256).digest())
 
 
 def parse_time(text: str, now: float, max_age: float = MAX_AGE) -> float:
@@ -84,7 +86,7 @@ def verify(auth: str, headers: SignedHeaders, method: str, target: str, body: by
     if not NONCE.fullmatch(headers.nonce):
         raise SigningError("invalid_signature", "X-Push-Nonce must be 16 to 64 URL-safe characters")
     try:
-        expected = sign(auth, method, target, headers.time, headers.nonce, body)
+        expected = sign(auth, method, target, headers.endpoint, headers.time, headers.nonce, body)
     except (ValueError, TypeError):  # a stored secret we cannot read: nobody can sign for it
         raise SigningError("invalid_signature", "this subscription cannot sign requests") from None
     if not hmac.compare_digest(expected.encode(), headers.signature.encode()):

@@ -22,12 +22,13 @@ test("the signature covers the method, target, body and secret", async () => {
     body: '{"all":true}', now: 1800000000000, nonce: "n".repeat(16) };
   const sig = async (over) => (await signedHeaders({ ...base, ...over }))["X-Push-Signature"];
   const original = await sig({});
-  for (const over of [{ method: "PUT" }, { target: "/v1/streams" }, { body: "{}" }, { auth: "AAAAAAAAAAAAAAAAAAAAAA" }]) {
+  for (const over of [{ method: "PUT" }, { target: "/v1/streams" }, { body: "{}" }, { auth: "AAAAAAAAAAAAAAAAAAAAAA" },
+    { endpoint: "https://e/y" }]) {
     assert.notEqual(await sig(over), original, JSON.stringify(over));
   }
   assert.equal(await sig({}), original);
-  assert.equal(await canonicalRequest("get", "/v1/x", "1", "nonce", ""),
-    "NPG1\nGET\n/v1/x\n1\nnonce\n47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU");
+  assert.equal(await canonicalRequest("get", "/v1/x", "https://e/x", "1", "nonce", ""),
+    "NPG1\nGET\n/v1/x\nhttps://e/x\n1\nnonce\n47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU");
 });
 
 test("a payload is read from its declarative members first, whatever else it has", () => {
