@@ -34,6 +34,7 @@ from gateway.links import gateway_origin
 from gateway.matcher import MatchPolicy, policy_from
 from gateway.metrics import Metrics
 from gateway.models import (
+    ACTIVITY_TYPES,
     CreateStreamRequest,
     DeleteStreamRequest,
     IngestResult,
@@ -45,10 +46,12 @@ from gateway.models import (
 from gateway.nearrpc import AccessKeys, RpcUnavailable
 from gateway.nep413 import SignatureError, SignedRequest, verify_subscription
 from gateway.pacing.quiet import QuietHours, known_time_zones, parse_hhmm
+from gateway.payload import TYPE_TEXTS
 from gateway.ratelimit import RateLimiter
 from gateway.store.base import MuteScope, Store
 from watchers.decode import event_from_row
 
+KNOWN_TYPES = frozenset(TYPE_TEXTS) | ACTIVITY_TYPES | {"custom"}
 HEALTH_TIMEOUT = 2.0  # seconds /healthz, /readyz and /metrics wait for the store before answering without it
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -85,6 +88,13 @@ class ApiContext:
         self.access_keys = AccessKeys(
             security.near_rpc_url, timeout=security.rpc_timeout, cache_seconds=security.rpc_cache_seconds
         )
+
+    def type_label(self, value_type: str) -> str:
+        """A notification type as a metrics label: the known ones, else "other" (types come from
+        sources: anyone writing a social notify picks one, and labels must stay bounded)."""
+        if value_type in KNOWN_TYPES or value_type in self.settings.push.types:
+            return value_type
+        return value_type if value_type in self.settings.matching.allowed_value_types else "other"
 
     @property
     def policy(self) -> MatchPolicy:

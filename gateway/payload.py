@@ -38,7 +38,7 @@ KEPT_WHOLE = frozenset({"id", "receiver", "valueType"})  # what old service work
 
 
 # value type -> (title, body with {who})
-_TEXTS: dict[str, tuple[str, str]] = {
+TYPE_TEXTS: dict[str, tuple[str, str]] = {
     "like": ("New like", "{who} liked your {thing}"),
     "comment": ("New comment", "{who} commented on your {thing}"),
     "mention": ("New mention", "{who} mentioned you"),
@@ -139,7 +139,7 @@ def title_and_body(row: dict[str, Any]) -> tuple[str, str]:
         return _activity_text(value_type, row, who)
     if row.get("standard") and row.get("receiptId"):  # a NEP-297 event the operator configured
         return "On-chain activity", f"{row.get('event') or value_type} by {who} on {row.get('token') or 'a contract'}"
-    title, template = _TEXTS.get(value_type, ("New notification", "{who} sent you a {type} notification"))
+    title, template = TYPE_TEXTS.get(value_type, ("New notification", "{who} sent you a {type} notification"))
     return title, template.format(who=who, thing=_thing(row), type=value_type or "new")
 
 

@@ -663,6 +663,14 @@ def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_s
     assert dict((i, url) for i, _, url in items)[like_id] == POST_URL  # each links where its notification opens
     assert "2 unread" in page.locator("#inbox-state").inner_text()
 
+    # No push service here: the worker's PushManager has no subscription, so give it the test's (as
+    # INIT_STUB does for the page). It signs its receipts with that subscription's own secret.
+    [worker] = browser.service_workers
+    worker.evaluate(
+        "sub => { self.registration.pushManager.getSubscription = async () => ({endpoint: sub.endpoint, "
+        "toJSON: () => sub}); }",
+        sub.as_json(),
+    )
     deliver(browser, page, gateway.url, pushes[1].plaintext.decode())
     [on_desktop] = desktop.wait_shown(1)
 
@@ -674,8 +682,10 @@ def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_s
             break
         page.wait_for_timeout(50)
     assert receipts() == [(like_id, "shown")]
+    badge = page.evaluate("caches.open('near-push').then(c => c.match('/__near-push/badge')).then(r => r.text())")
+    assert int(badge) == pushes[1].payload["app_badge"] == 2  # type: ignore[index]
     state = page.evaluate("caches.open('near-push').then(c => c.match('/__near-push/state')).then(r => r.json())")
-    assert state["badge"] == pushes[1].payload["app_badge"] == 2  # type: ignore[index]
+    assert "subscription" not in state and "auth" not in json.dumps(state)  # no copy of the secret
 
     targets = TargetWatch(browser, page)
     desktop.click(on_desktop["id"])  # a trusted click
@@ -690,3 +700,30 @@ def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_s
     assert "1 unread" in page.locator("#inbox-state").inner_text()
     page.click("#mark-all-read")
     page.wait_for_selector("#inbox-state:has-text('0 unread')")
+
+
+def test_a_copy_of_the_worker_without_signing_js_still_shows_every_push(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop, tmp_path: Path
+) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "sw.js").write_bytes((Path(__file__).resolve().parent.parent / "webclient" / "sw.js").read_bytes())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://localhost:{server.server_address[1]}"
+    try:
+        sub = subscribe(gateway, fake_push, "bob.near")
+        gateway.ingest(row(9001, "bob.near", "like", actionAtBlockHeight=129999000))
+        [push] = fake_push.wait_count(sub, 1)
+        browser.grant_permissions(["notifications"], origin=origin)
+        page = browser.new_page()
+        page.goto(f"{origin}/sw.js")
+        page.evaluate("navigator.serviceWorker.register('/sw.js').then(() => navigator.serviceWorker.ready)")
+        deliver(browser, page, origin, push.plaintext.decode())
+        [note] = shown(page, desktop, 1)
+        assert (note["title"], note["data"]["url"]) == ("New like", POST_URL)
+    finally:
+        server.shutdown()
+        server.server_close()

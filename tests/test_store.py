@@ -675,6 +675,9 @@ async def test_receipts_are_recorded_once_per_stage_and_a_click_reads_the_item(s
     assert [i.read for i in await store.inbox("bob.near", B1) if i.id == items[1]] == [True]
     assert not (await store.record_receipt("carol.near", B1, items[1], "shown", host)).known  # not carol's item
     assert not (await store.record_receipt("bob.near", B1, 10**9, "shown", host)).known
+    # a browser that never got it (a stream registered later, by anyone) cannot report it
+    await store.upsert_stream("bob.near", "https://near.org", E3, P256DH, AUTH)
+    assert not (await store.record_receipt("bob.near", endpoint_hash(E3), items[1], "clicked", host)).known
     await store.record_receipt("bob.near", B1, items[2], "closed", host)
     rows = {(r.value_type, r.push_host): r[2:] for r in await store.funnel(clock.now - 86400)}
     assert rows == {("like", host): (1, 1, 1, 0), ("comment", host): (1, 0, 0, 1)}
@@ -787,3 +790,13 @@ async def test_read_up_to_a_time_marks_what_came_by_then(store: Store, clock: Cl
     await store.mark_read("bob.near", B1, up_to=up_to)
     assert [(i.row["id"], i.read) for i in await store.inbox("bob.near", B1)] == [(2, False), (1, True)]
     assert await store.newest_inbox_id("bob.near", until=noon - 1) == 0
+
+
+async def test_a_receipt_for_a_notification_folded_into_a_digest_is_taken(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1), event(2), event(3)], LIKES_DIGEST)
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in await store.claim(10, 30)])
+    clock.now += 60
+    [digest] = await store.claim(10, 30)
+    assert digest.inbox_id is not None
+    assert (await store.record_receipt("bob.near", B1, digest.inbox_id, "shown", "fcm.googleapis.com")).known

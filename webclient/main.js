@@ -5,7 +5,8 @@
 //     from "https://<gateway>/main.js";   (or from the "near-push-client" package: see README.md here)
 //   await subscribe("bob.near", { serviceWorker: "/sw.js" });   // call from a click handler
 //   renew({ serviceWorker: "/sw.js" });                         // call on every page load
-// The service worker must be served by the frontend's own origin (copy the gateway's /sw.js).
+// The service worker must be served by the frontend's own origin: copy the gateway's /sw.js and
+// /signing.js, or importScripts the gateway's sw.js into your own worker (webclient/README.md).
 // When this file is the gateway's own page (index.html), it also wires the page's controls.
 
 import "./signing.js"; // sets globalThis.NearPushSigning (shared with the service worker)
@@ -99,9 +100,6 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   state.server = server;
   state.gatewayKey = gatewayKey;
   state.endpoint = sub.endpoint; // for the service worker's Mute action
-  // For the worker's signed receipts where it cannot read the subscription itself; this origin's
-  // storage holds the subscription anyway.
-  state.subscription = { endpoint: sub.endpoint, keys: { auth: sub.toJSON().keys.auth } };
   state.streams = [...state.streams.filter((s) => s.accountId !== accountId), { accountId, gateway }];
   await writeState(state);
   if (state.quiet) { // this browser's quiet hours hold for every account it gets notifications for

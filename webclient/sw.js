@@ -2,7 +2,12 @@
 // was shown and clicked, set the app badge, and keep the gateway's copy of the subscription current.
 // A frontend serves a copy of this file from its own origin, or imports it into its own worker:
 //   self.NEAR_PUSH_GATEWAY = "https://<gateway>/";  importScripts("https://<gateway>/sw.js");
-importScripts(new URL("signing.js", self.NEAR_PUSH_GATEWAY || self.location).href);
+try {
+  importScripts(new URL("signing.js", self.NEAR_PUSH_GATEWAY || self.location).href);
+} catch (_) {
+  // A copy of this file served without signing.js beside it still shows every push; only the
+  // receipts (which need signing) are left out.
+}
 
 const STATE_CACHE = "near-push";
 const STATE_KEY = "/__near-push/state";
@@ -90,12 +95,13 @@ function muteOf(data) {
 // A receipt to the gateway (POST /v1/receipts), signed with the subscription's secret; never throws.
 async function report(stage, data) {
   try {
+    if (typeof NearPushSigning === "undefined") return;
     const read = NearPushSigning.readPayload(data);
     if (!read || read.inboxId === null || !read.accountId) return;
     const state = (await readState()) || {};
     const server = state.server || new URL(".", self.location).href.replace(/\/$/, "");
     const live = await self.registration.pushManager.getSubscription();
-    const sub = live ? live.toJSON() : state.subscription;
+    const sub = live && live.toJSON();
     if (!sub || !sub.keys) return;
     const body = JSON.stringify({ accountId: read.accountId, inboxId: read.inboxId, stage });
     const headers = await NearPushSigning.signedHeaders({
@@ -110,15 +116,14 @@ async function report(stage, data) {
   }
 }
 
+const BADGE_KEY = "/__near-push/badge";
+
 async function setBadge(data) {
+  if (typeof NearPushSigning === "undefined") return;
   const read = NearPushSigning.readPayload(data);
   if (!read || read.badge === null) return;
-  const state = await readState();
-  if (state) { // the page shows it too, where the platform has no badge
-    state.badge = read.badge;
-    await (await caches.open(STATE_CACHE)).put(STATE_KEY, new Response(JSON.stringify(state),
-      { headers: { "Content-Type": "application/json" } }));
-  }
+  // Kept apart from the page's state (never rewritten here): what the badge was last set to.
+  await (await caches.open(STATE_CACHE)).put(BADGE_KEY, new Response(String(read.badge)));
   if (!("setAppBadge" in self.navigator)) return;
   try {
     if (read.badge > 0) await self.navigator.setAppBadge(read.badge);

@@ -563,11 +563,21 @@ class PostgresStore:
 
     async def record_receipt(self, account_id: str, reader: str, inbox_id: int, stage: str, push_host: str) -> Receipt:
         async with self.pool.acquire() as conn, conn.transaction():
-            value_type = await conn.fetchval(
-                "SELECT value_type FROM inbox WHERE id = $1 AND account_id = $2", inbox_id, account_id
+            item = await conn.fetchrow(
+                "SELECT value_type, event_key FROM inbox WHERE id = $1 AND account_id = $2", inbox_id, account_id
             )
-            if value_type is None:
+            pushed = item is not None and await conn.fetchval(
+                # its own delivery to this browser, or a digest of the browser's stream folding it
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_key = $1 AND endpoint_hash = $2) OR EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.stream_id = (SELECT id FROM streams WHERE endpoint_hash = $2 "
+                "AND account_id = $3) AND d.fold_key IS NOT NULL AND d.folded IS NOT NULL AND d.folded::jsonb ? $1)",
+                item["event_key"],
+                reader,
+                account_id,
+            )
+            if item is None or not pushed:
                 return Receipt(known=False, new=False, value_type="")
+            value_type = item["value_type"]
             new = await conn.fetchval(
                 "INSERT INTO receipts VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
                 inbox_id,

@@ -306,6 +306,13 @@ _UNREAD_OF = (
     "AND x.inbox_id = i.id) ORDER BY i.account_id, i.id LIMIT ?1)))) "
     "FROM (SELECT value ->> 0 AS a, value ->> 1 AS r FROM json_each(?2))"
 )
+# Whether an event went to a browser: its own delivery, or a digest of the browser's stream folding it.
+_PUSHED_TO = (
+    "SELECT 1 FROM deliveries WHERE event_key = ? AND endpoint_hash = ? UNION ALL "
+    "SELECT 1 FROM deliveries d, json_each(d.folded) f WHERE d.stream_id = "
+    "(SELECT id FROM streams WHERE endpoint_hash = ? AND account_id = ?) AND d.fold_key IS NOT NULL "
+    "AND d.folded IS NOT NULL AND f.value = ? LIMIT 1"
+)
 _OLDEST_OPEN_DIGEST = "SELECT MIN(created_at) FROM deliveries WHERE folded IS NOT NULL AND status = 'pending'"
 _CLAIMED_EVENTS = (  # each event once, however many streams it goes to; rows stay text for Python's
     # parser (SQLite's json() refuses what json.dumps may write, such as NaN, and one bad row must not
@@ -617,9 +624,12 @@ class SqliteStore:
 
         def run(c: sqlite3.Connection) -> Receipt:
             found = c.execute(
-                "SELECT value_type FROM inbox WHERE id = ? AND account_id = ?", (inbox_id, account_id)
+                "SELECT value_type, event_key FROM inbox WHERE id = ? AND account_id = ?", (inbox_id, account_id)
             ).fetchone()
-            if found is None:
+            if (
+                found is None
+                or c.execute(_PUSHED_TO, (found[1], reader, reader, account_id, found[1])).fetchone() is None
+            ):
                 return Receipt(known=False, new=False, value_type="")
             new = c.execute(
                 "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?, ?)",

@@ -325,10 +325,13 @@ async def mark_read(body: MarkReadRequest, request: Request, caller: SignedCalle
     if body.scope == "account":
         proven(caller.stream_of(body.accountId))
         reader = ACCOUNT_READER
-    up_to = body.upTo
+    newest = await ctx.store.newest_inbox_id(body.accountId)
+    up_to = None if body.upTo is None else min(body.upTo, newest)  # a mark past today's would hide tomorrow's
     if body.all or body.upToTime is not None:
         until = None if body.all else body.upToTime
-        up_to = max(up_to or 0, await ctx.store.newest_inbox_id(body.accountId, until=until))
+        up_to = max(
+            up_to or 0, newest if until is None else await ctx.store.newest_inbox_id(body.accountId, until=until)
+        )
     await ctx.store.mark_read(body.accountId, reader, ids=body.ids, up_to=up_to)
     return Response(status_code=204)
 
@@ -419,7 +422,7 @@ async def receipt(body: ReceiptRequest, request: Request) -> Response:
     )
     if not found.known:
         ctx.metrics.receipts_refused.labels("unknown_notification").inc()
-        raise BadRequest("unknown_notification", "no such notification for this account")
+        raise BadRequest("unknown_notification", "no such notification was pushed to this browser")
     if found.new:
-        ctx.metrics.notifications.labels(body.stage, found.value_type).inc()
+        ctx.metrics.notifications.labels(body.stage, ctx.type_label(found.value_type)).inc()
     return Response(status_code=204)
