@@ -36,6 +36,7 @@ P256DH = "BK6Yl1dbZTCCfVKeKTPDsUajF-kMc4eGaewNzvFspZPkoX2F__HHuSj1buJNg0Zq9JF8lT
 AUTH = "_WaWEIbW1xnIE4LSaho9uw"
 ROW = json.dumps({"id": 0, "receiver": "big.near", "valueType": "like", "initiatedBy": "a.near"})
 REPEAT = 21
+BROWSERS = 50
 
 
 async def median_ms(call: Callable[[], Awaitable[Any]]) -> float:
@@ -93,6 +94,28 @@ async def _claim_and_release(store: Store) -> None:
     await store.release([c.delivery_id for c in claims])
 
 
+async def many_browsers(store: Store, fill: Callable[[str, int], Awaitable[None]]) -> float:
+    """One event to an account with BROWSERS browsers, each with 2,000 unread: the claim reads as many badges."""
+    account = "busy.near"
+    for n in range(BROWSERS):
+        await store.upsert_stream(account, "https://near.org", f"{ENDPOINT}/{n}", P256DH, AUTH)
+    await store.ingest(
+        [Event(f"busy:{n}", "busy", account, "like", 1, {"id": n, "receiver": account}) for n in range(2)],
+        MatchPolicy(),
+    )
+    await _claim_all_and_record(store)  # the account's browsers start from here: fill them 2,000 unread
+    await fill(account, 2000)
+    await store.ingest([Event("busy:last", "busy", account, "like", 1, {"id": 9, "receiver": account})], MatchPolicy())
+    return await median_ms(lambda: _claim_and_release(store))
+
+
+async def _claim_all_and_record(store: Store) -> None:
+    from gateway.store.base import Outcome
+
+    claims = await store.claim(1000, 30)
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in claims])
+
+
 async def run_store(
     name: str, make: Callable[[], Store], fill: Callable[[str, int], Awaitable[None]], rows: int
 ) -> None:
@@ -105,6 +128,8 @@ async def run_store(
             figures = await measure(store, account)
             shown = "  ".join(f"{k} {v:.2f} ms" for k, v in figures.items())
             print(f"{name:10} {count:>9,} rows  {shown}")
+        busy = await many_browsers(store, fill)
+        print(f"{name:10} one event to {BROWSERS} browsers of one account, 2,000 unread each: claim {busy:.2f} ms")
     finally:
         await store.close()
 

@@ -347,8 +347,16 @@ def fill_streams(path: str, n: int) -> None:
                 "INSERT INTO streams (account_id, gateway, endpoint, endpoint_hash, p256dh, auth, created_at, "
                 "updated_at) VALUES (?,?,?,?,?,?,?,?)",
                 (
-                    (f"acct{i}.near", "https://near.org", f"https://fcm.googleapis.com/fcm/send/{i}", f"h{i}",
-                     p256dh, auth, now - 3600, now if i >= n - RECENT else now - 3600)
+                    (
+                        f"acct{i}.near",
+                        "https://near.org",
+                        f"https://fcm.googleapis.com/fcm/send/{i}",
+                        f"h{i}",
+                        p256dh,
+                        auth,
+                        now - 3600,
+                        now if i >= n - RECENT else now - 3600,
+                    )
                     for i in range(start, min(n, start + 50_000))
                 ),
             )

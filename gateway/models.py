@@ -316,7 +316,7 @@ class Claim(NamedTuple):
     folded: tuple[dict[str, Any], ...] = ()
     folded_total: int = 0
     inbox_id: int | None = None  # the account's inbox item of ``row``
-    unread: int | None = None  # the stream's browser's unread count (the app badge)
+    unread: int | None = None  # the stream's browser's unread count, up to 99 (the app badge)
 
 
 @dataclass

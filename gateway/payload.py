@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # aes128gcm in one record: 4096-byte body limit − 86-byte header − 1 delimiter − 16 tag.
 MAX_PLAINTEXT_BYTES = 3993
 # Room left for the per-browser "app_badge" added after the shared part is built (with_badge).
-BADGE_ROOM = len(',"app_badge":1000')
+BADGE_ROOM = len(',"app_badge":1000')  # (at most BADGE_CAP, 99, in practice)
 # After a 413 the dispatcher retries once with the compact form, which stays under this.
 COMPACT_PLAINTEXT_BYTES = 1024
 MAX_BODY_CHARS = 240

@@ -54,6 +54,9 @@ class DeadLetter:
 
 
 UNREAD_CAP = 1000  # an unread count stops at this ("999+"): counting further would cost more than it says
+# The badge a push carries stops here ("99+", as platforms show it): counted for every browser of a
+# claim batch, it must stay cheap (bench.inbox, 50 browsers of one account).
+BADGE_CAP = 99
 ACCOUNT_READER = "*"  # the reader of read marks made for the account (proven), on every browser
 
 

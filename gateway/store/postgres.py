@@ -39,6 +39,7 @@ from gateway.pacing.digest import (
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, funnel_rows, stream_info
 from gateway.store.base import (
+    BADGE_CAP,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -1101,7 +1102,7 @@ async def _with_inbox(conn: Any, claims: list[Claim], row_keys: list[str]) -> li
     )
     ids = {(r[0], r[1]): r[2] for r in found if r[2] is not None}
     readers = sorted({(cl.stream.account_id, cl.stream.endpoint_hash) for cl in claims})
-    counted = await conn.fetch(_UNREAD_OF, [a for a, _ in readers], [r for _, r in readers], UNREAD_CAP)
+    counted = await conn.fetch(_UNREAD_OF, [a for a, _ in readers], [r for _, r in readers], BADGE_CAP)
     unread = {(r[0], r[1]): int(r[2]) for r in counted}
     return [
         cl._replace(

@@ -44,6 +44,7 @@ from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import funnel_rows
 from gateway.store.admin import stream_info as _stream_info
 from gateway.store.base import (
+    BADGE_CAP,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -1111,7 +1112,7 @@ def _with_inbox(c: sqlite3.Connection, claims: list[Claim], row_keys: list[str])
     keys = json.dumps([[cl.stream.account_id, k] for cl, k in zip(claims, row_keys, strict=True)])
     ids = {(a, k): i for a, k, i in _json_value(c, _INBOX_IDS, (keys,))}
     readers = json.dumps(sorted({(cl.stream.account_id, cl.stream.endpoint_hash) for cl in claims}))
-    unread = {(a, r): n for a, r, n in _json_value(c, _UNREAD_OF, (UNREAD_CAP, readers))}
+    unread = {(a, r): n for a, r, n in _json_value(c, _UNREAD_OF, (BADGE_CAP, readers))}
     return [
         cl._replace(
             inbox_id=ids.get((cl.stream.account_id, k)),
