@@ -25,12 +25,12 @@ def count_hosts(endpoints: Iterable[str], limit: int) -> list[tuple[str, int]]:
 
 
 def funnel_rows(sent: Iterable[Sequence[Any]], seen: Iterable[Sequence[Any]]) -> list[FunnelRow]:
-    """``sent``: (type, endpoint or None) per push sent; ``seen``: (type, host, stage, count)."""
+    """``sent``: (type, endpoint origin or None, count); ``seen``: (type, host, stage, count)."""
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for value_type, endpoint in sent:
-        key = (str(value_type), push_host(endpoint) if endpoint else "gone")
+    for value_type, origin, count in sent:
+        key = (str(value_type), push_host(f"{origin}/") if origin else "gone")
         stages = counts.setdefault(key, {})
-        stages["sent"] = stages.get("sent", 0) + 1
+        stages["sent"] = stages.get("sent", 0) + int(count)
     for value_type, host, stage, count in seen:
         stages = counts.setdefault((str(value_type), str(host)), {})
         stages[str(stage)] = stages.get(str(stage), 0) + int(count)
