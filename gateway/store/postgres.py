@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -214,6 +213,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         # all its browsers through /v1 needs it. Refreshed with other keys and no signature, it is lost.
         "0008_signed_streams",
         "ALTER TABLE streams ADD COLUMN signed BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
+    (
+        # "Read up to a time" finds the account's newest item by then without walking the others.
+        "0009_inbox_by_time",
+        "CREATE INDEX inbox_by_time ON inbox (account_id, created_at);",
     ),
 ]
 
@@ -611,12 +615,15 @@ class PostgresStore:
         return funnel_rows([tuple(r) for r in sent], [tuple(r) for r in seen])
 
     async def newest_inbox_id(self, account_id: str, *, until: float | None = None) -> int:
-        value = await self.pool.fetchval(
-            "SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = $1 AND created_at <= $2",
-            account_id,
-            math.inf if until is None else until,
-        )
-        return int(value)
+        if until is None:
+            value = await self.pool.fetchval("SELECT MAX(id) FROM inbox WHERE account_id = $1", account_id)
+        else:  # one seek of inbox_by_time
+            value = await self.pool.fetchval(
+                "SELECT id FROM inbox WHERE account_id = $1 AND created_at <= $2 ORDER BY created_at DESC LIMIT 1",
+                account_id,
+                until,
+            )
+        return 0 if value is None else int(value)
 
     # --- ingest ----------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sqlite3
 import time
@@ -235,6 +234,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         # all its browsers through /v1 needs it. Refreshed with other keys and no signature, it is lost.
         "0010_signed_streams",
         "ALTER TABLE streams ADD COLUMN signed INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        # "Read up to a time" finds the account's newest item by then without walking the others.
+        "0011_inbox_by_time",
+        "CREATE INDEX inbox_by_time ON inbox (account_id, created_at);",
     ),
 ]
 
@@ -663,13 +667,14 @@ class SqliteStore:
         return await self._run(run)
 
     async def newest_inbox_id(self, account_id: str, *, until: float | None = None) -> int:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM inbox WHERE account_id = ? AND created_at <= ?",
-                (account_id, math.inf if until is None else until),
-            ).fetchone()
-        )
-        return int(row[0])
+        args: tuple[Any, ...]
+        if until is None:
+            sql, args = "SELECT MAX(id) FROM inbox WHERE account_id = ?", (account_id,)
+        else:  # one seek of inbox_by_time
+            sql = "SELECT id FROM inbox WHERE account_id = ? AND created_at <= ? ORDER BY created_at DESC LIMIT 1"
+            args = (account_id, until)
+        row = await self._run(lambda c: c.execute(sql, args).fetchone())
+        return 0 if row is None or row[0] is None else int(row[0])
 
     # --- ingest ---------------------------------------------------------------------------
 
