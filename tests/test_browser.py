@@ -695,6 +695,12 @@ def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_s
             break
         page.wait_for_timeout(50)
     assert receipts() == [(like_id, "clicked"), (like_id, "shown")]
+    for _ in range(100):  # the click read one: the badge shows one fewer until the next push
+        badge = page.evaluate("caches.open('near-push').then(c => c.match('/__near-push/badge')).then(r => r.text())")
+        if badge == "1":
+            break
+        page.wait_for_timeout(50)
+    assert badge == "1"
     page.evaluate("window.nearPushShowInbox()")
     page.wait_for_selector(f"#inbox-items li[data-id='{like_id}'][data-read=true]")
     assert "1 unread" in page.locator("#inbox-state").inner_text()

@@ -163,6 +163,14 @@ export async function inbox(accountId, { cursor = null, limit = 50, serviceWorke
   return signedFetch("GET", `/v1/inbox?${query}`, undefined, { serviceWorker });
 }
 
+/** The app badge after reading: this browser's unread count (Badging API, where there is one). */
+async function showUnread(accountId, { serviceWorker } = {}) {
+  if (typeof navigator === "undefined" || !("setAppBadge" in navigator)) return;
+  const { unread } = await unreadCount(accountId, { serviceWorker });
+  if (unread > 0) await navigator.setAppBadge(unread);
+  else await navigator.clearAppBadge();
+}
+
 /** How many of the account's notifications this browser has not read: `{unread, capped}`. */
 export async function unreadCount(accountId, { serviceWorker } = {}) {
   return signedFetch("GET", `/v1/inbox/unread?${new URLSearchParams({ account: accountId })}`, undefined,
@@ -174,6 +182,7 @@ export async function markRead(accountId, { ids = [], upTo = null, all = false, 
   const body = { accountId, ids, all };
   if (upTo !== null) body.upTo = upTo;
   await signedFetch("POST", "/v1/inbox/read", body, { serviceWorker });
+  await showUnread(accountId, { serviceWorker }).catch(() => {});
 }
 
 /**

@@ -118,19 +118,28 @@ async function report(stage, data) {
 
 const BADGE_KEY = "/__near-push/badge";
 
-async function setBadge(data) {
-  if (typeof NearPushSigning === "undefined") return;
-  const read = NearPushSigning.readPayload(data);
-  if (!read || read.badge === null) return;
-  // Kept apart from the page's state (never rewritten here): what the badge was last set to.
-  await (await caches.open(STATE_CACHE)).put(BADGE_KEY, new Response(String(read.badge)));
+async function showBadge(count) {
+  await (await caches.open(STATE_CACHE)).put(BADGE_KEY, new Response(String(count)));
   if (!("setAppBadge" in self.navigator)) return;
   try {
-    if (read.badge > 0) await self.navigator.setAppBadge(read.badge);
+    if (count > 0) await self.navigator.setAppBadge(count);
     else await self.navigator.clearAppBadge();
   } catch (_) {
     /* no badge where the platform has none */
   }
+}
+
+// A click reads one notification: one fewer unread until the next push says the count again.
+async function lowerBadge() {
+  const hit = await (await caches.open(STATE_CACHE)).match(BADGE_KEY);
+  const count = hit ? Number(await hit.text()) : 0;
+  if (count > 0) await showBadge(count - 1);
+}
+
+async function setBadge(data) {
+  if (typeof NearPushSigning === "undefined") return;
+  const read = NearPushSigning.readPayload(data);
+  if (read && read.badge !== null) await showBadge(read.badge);
 }
 
 self.addEventListener("push", (event) => {
@@ -177,7 +186,8 @@ self.addEventListener("notificationclick", (event) => {
     return;
   }
   const url = data.url || FALLBACK_URL;
-  const receipt = report("clicked", data.payload); // beside the opening: a window opens only while the click is fresh
+  // beside the opening: a window opens only while the click is fresh
+  const receipt = Promise.all([report("clicked", data.payload), lowerBadge()]);
   keep(event, (async () => {
     const target = new URL(url, self.location).href;
     const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
