@@ -200,7 +200,7 @@ def test_a_watcher_holds_its_frame_through_a_store_outage_on_the_same_connection
 ) -> None:
     """Paused, not reconnected: the frame that arrived while the store was locked is stored when the
     lock goes, the cursor moves once, and the source sees one session from start to end."""
-    source = GraphQLWsServer([row(1, blockHeight=130000001)])
+    source = GraphQLWsServer([])
     try:
         gw = start_gateway(
             storage={"busy_timeout": 0.2},
@@ -209,6 +209,9 @@ def test_a_watcher_holds_its_frame_through_a_store_outage_on_the_same_connection
             matching={"max_per_endpoint_per_day": 0},
         )
         bob = subscribe(gw, fake_push, "bob.near")
+        # only now the first row: streamed before bob's stream existed it would reach nobody (a race
+        # that failed CI once)
+        source.add_rows([row(1, blockHeight=130000001)])
         fake_push.wait_count(bob, 1)
 
         def state() -> dict[str, Any]:
