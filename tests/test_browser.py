@@ -244,6 +244,19 @@ INIT_STUB = """
 """
 
 
+def subscribe_on_page(browser: Any, gateway: RunningGateway, fake_push: FakePushService) -> tuple[Any, Any]:
+    """A fake-push subscription (INIT_STUB stands in for PushManager) and the gateway's page,
+    subscribed through its own form as bob.near."""
+    sub = fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
+    page = open_client(browser, gateway)
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_function("document.getElementById('state').dataset.state !== 'working'")
+    assert page.locator("#state").get_attribute("data-state") == "subscribed", page.locator("#state").inner_text()
+    return sub, page
+
+
 def test_page_subscribes_mutes_and_unsubscribes(
     gateway: RunningGateway, fake_push: FakePushService, browser: Any
 ) -> None:
@@ -527,13 +540,7 @@ def test_operator_dashboard_shows_flow_failures_and_dead_letters(
 def test_the_declarative_payload_shows_and_its_mute_action_mutes_the_type_for_the_account(
     gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
 ) -> None:
-    sub = fake_push.subscribe()
-    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
-    page = open_client(browser, gateway)
-    page.fill("#account", "bob.near")
-    page.click("#subscribe")
-    page.wait_for_function("document.getElementById('state').dataset.state !== 'working'")
-    assert page.locator("#state").get_attribute("data-state") == "subscribed", page.locator("#state").inner_text()
+    sub, page = subscribe_on_page(browser, gateway, fake_push)
     other_browser = subscribe(gateway, fake_push, "bob.near")  # the account's second browser
 
     gateway.ingest(row(9001, "bob.near", "like", actionAtBlockHeight=129999000))
@@ -643,12 +650,7 @@ def test_a_frontends_own_worker_imports_the_gateways_and_shows_its_pushes(
 def test_the_page_lists_the_inbox_and_the_worker_reports_shown_and_clicked_and_sets_the_badge(
     gateway: RunningGateway, fake_push: FakePushService, browser: Any, desktop: Desktop
 ) -> None:
-    sub = fake_push.subscribe()
-    browser.add_init_script(INIT_STUB % json.dumps(sub.as_json()))
-    page = open_client(browser, gateway)
-    page.fill("#account", "bob.near")
-    page.click("#subscribe")
-    page.wait_for_selector("#state[data-state=subscribed]")
+    sub, page = subscribe_on_page(browser, gateway, fake_push)
     gateway.ingest([row(1, actionAtBlockHeight=129999000), row(2, value_type="comment", initiatedBy="carol.near")])
     pushes = {p.payload["id"]: p for p in fake_push.wait_count(sub, 2) if p.payload}
 

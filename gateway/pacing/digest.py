@@ -5,6 +5,7 @@ folds, so it survives a crash; this module decides, the stores write. Pure."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,9 +32,9 @@ class Pacing:
 
     types: Mapping[str, TypeDelivery] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def folds_bursts(self) -> bool:
-        """Whether any type has a digest window (else only quiet hours fold)."""
+        """Whether any type has a digest window (else only quiet hours fold); asked per ingested event."""
         return any(t.digest > 0 for t in self.types.values())
 
     def window(self, value_type: str) -> float:
