@@ -72,8 +72,14 @@ class BadPushService:
             self.server.close()
             # A connection accepted just before the close has its handler task created but not yet
             # started (accepting takes a few loop turns). Cancelled then, its `finally` would never run
-            # and its socket would be left for the garbage collector: let every such task start first.
-            await asyncio.sleep(0.1)
+            # and its socket would be left for the garbage collector: let every such task start first
+            # (until no new one has started for 0.2 s: a loaded machine takes longer than a fixed wait).
+            started = -1
+            for _ in range(25):
+                await asyncio.sleep(0.2)
+                if len(self._tasks) == started:
+                    break
+                started = len(self._tasks)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
