@@ -129,6 +129,9 @@ class TypeDelivery(_Section):
     digest: float = Field(0.0, ge=0, le=86400)  # at most a day (pacing/digest.py MAX_DIGEST_REACH)
 
 
+DEFAULT_FAIR_RATE = 100.0
+
+
 class PushSettings(_Section):
     allowed_endpoints: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_ENDPOINTS))
     # seconds a push service keeps an undelivered message: four weeks, as the NEAR server sends
@@ -150,6 +153,9 @@ class PushSettings(_Section):
     claim_lease: float = Field(60.0, gt=0)  # seconds a claimed delivery stays with its worker
     poll_interval: float = Field(1.0, gt=0)  # seconds between outbox polls when nothing wakes the worker
     retention_days: float = Field(7.0, gt=0)  # finished deliveries (dedupe window) and events kept
+    # Deliveries per second one initiator's events are queued at before others' go first: a fan-out
+    # to 100,000 followers cannot hold every slot while a lone alert waits (gateway/fairshare.py).
+    fair_rate: float = Field(DEFAULT_FAIR_RATE, gt=0)
 
     @field_validator("allowed_endpoints")
     @classmethod

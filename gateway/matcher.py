@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import MatchingSettings, PushSettings
+from gateway.config import DEFAULT_FAIR_RATE, MatchingSettings, PushSettings
 from gateway.models import Event, Stream
 from gateway.pacing.digest import Pacing
 
@@ -24,6 +24,7 @@ class MatchPolicy:
     allowed_value_types: frozenset[str] = frozenset()
     max_per_endpoint_per_day: int = 0  # 0 = no cap
     pacing: Pacing | None = None  # [push.types] for digests and quiet hours; None: built-in urgencies only
+    fair_step: float = 1.0 / DEFAULT_FAIR_RATE  # seconds of a flow's virtual clock per delivery (fairshare.py)
 
 
 def policy_from(matching: MatchingSettings, push: PushSettings | None = None) -> MatchPolicy:
@@ -32,6 +33,7 @@ def policy_from(matching: MatchingSettings, push: PushSettings | None = None) ->
         frozenset(matching.allowed_value_types),
         matching.max_per_endpoint_per_day,
         None if push is None else Pacing(push.types),
+        1.0 / (DEFAULT_FAIR_RATE if push is None else push.fair_rate),
     )
 
 

@@ -206,3 +206,20 @@ def test_retry_decisions() -> None:
     assert late.status == "dead"
     assert decide(claim, PushAnswer(Verdict.TOO_LARGE, 413, None, ""), settings, 1010, rng).compact
     assert decide(claim, PushAnswer(Verdict.GONE, 410, None, ""), settings, 1010, rng).endpoint_hash == "h"
+
+
+def test_fair_share_clocks_start_at_now_advance_per_delivery_and_stay_bounded() -> None:
+    from gateway import fairshare
+    from gateway.fairshare import FairShare, flow_of
+
+    assert flow_of("neardata", {"initiatedBy": "alice.near"}) == "@alice.near"
+    assert flow_of("neardata", {"initiatedBy": None}) == "source:neardata"
+    fair = FairShare()
+    assert fair.take("@a", 100, 1000.0, 0.01) == 1000.0
+    assert fair.take("@a", 1, 1000.5, 0.01) == 1001.0  # behind its own 100
+    assert fair.take("@b", 1, 1000.5, 0.01) == 1000.5  # another flow starts now
+    assert fair.take("@a", 1, 1005.0, 0.01) == 1005.0  # never before now
+    for i in range(fairshare.FLOWS_KEPT):
+        fair.take(f"@f{i}", 1, 2000.0, 0.01)
+    assert fair.take("@new", 1, 3000.0, 0.01) == 3000.0
+    assert len(fair._next) <= 2  # the clocks behind "now" were forgotten

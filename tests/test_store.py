@@ -277,6 +277,56 @@ async def test_retry_outcome_sets_the_due_time(store: Store, clock: Clock) -> No
     assert len(await store.claim(10, 30)) == 1
 
 
+def by(n: int, initiator: str, receiver: str) -> Event:
+    r = row(n, receiver, initiatedBy=initiator)
+    return Event(f"t:{n}", "t", receiver, "like", r["blockHeight"], r)
+
+
+async def test_a_lone_notification_goes_out_before_the_tail_of_a_big_fan_out(store: Store, clock: Clock) -> None:
+    # 300 followers of star.near each get its post; then carol's single alert, 50 ms later: the
+    # fan-out, 10 sent by then, is ahead of its share of 100 deliveries a second ([push] fair_rate)
+    for i in range(300):
+        await store.upsert_stream(f"f{i}.near", "https://near.org", f"{E1}-{i}", P256DH, AUTH)
+    await store.upsert_stream("carol.near", "https://near.org", E2, P256DH, AUTH)
+    await store.ingest([by(i, "star.near", f"f{i}.near") for i in range(300)], MatchPolicy())
+    first = await store.claim(10, 30)
+    assert [c.row["id"] for c in first] == list(range(10))  # one flow keeps its order
+    clock.now += 0.05
+    await store.ingest([by(1000, "mallory.near", "carol.near")], MatchPolicy())
+    claims = await store.claim(10, 30)
+    assert claims[0].row["id"] == 1000, [c.row["id"] for c in claims]
+    assert [c.row["id"] for c in claims[1:]] == list(range(10, 19))
+
+
+async def test_two_fan_outs_at_once_alternate_and_a_due_retry_keeps_its_turn(store: Store, clock: Clock) -> None:
+    for i in range(40):
+        await store.upsert_stream(f"f{i}.near", "https://near.org", f"{E1}-{i}", P256DH, AUTH)
+    await store.ingest([by(1, "zed.near", "f0.near")], MatchPolicy())
+    [tried] = await store.claim(1, 30)
+    await store.record([Outcome(tried.delivery_id, "retry", 503, "busy", retry_at=clock.now + 0.05)])
+    await store.ingest([by(100 + i, "a.near", f"f{i}.near") for i in range(1, 20)], MatchPolicy())
+    await store.ingest([by(200 + i, "b.near", f"f{i}.near") for i in range(20, 39)], MatchPolicy())
+    clock.now += 0.05
+    ids = [c.row["id"] for c in await store.claim(12, 30)]
+    # a's and b's deliveries take turns; the retry, due 50 ms after both began, comes in its place
+    assert ids[:4] == [101, 220, 102, 221], ids
+    assert 1 in ids and ids.index(1) > 4, ids
+
+
+async def test_retried_dead_letters_and_released_claims_are_fresh_again(store: Store, clock: Clock) -> None:
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(1)], MatchPolicy())
+    [claim] = await store.claim(10, 30)
+    await store.release([claim.delivery_id])
+    [again] = await store.claim(10, 30)
+    assert (again.delivery_id, again.attempts) == (claim.delivery_id, 1)
+    await store.record([Outcome(again.delivery_id, "dead", 400, "bad")])
+    assert await store.claim(10, 30) == []
+    assert await store.retry_dead_letters() == 1
+    assert await store.next_due_at() == clock.now
+    assert [c.delivery_id for c in await store.claim(10, 30)] == [claim.delivery_id]
+
+
 async def test_gone_deletes_every_stream_of_the_endpoint_and_cancels_its_queue(store: Store) -> None:
     await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
     await store.upsert_stream("carol.near", "https://near.org", E1, P256DH, AUTH)

@@ -21,6 +21,12 @@ from gateway.matcher import MatchPolicy
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.store.boundary import StoreStatus
 
+# The outbox's two walks (gateway/fairshare.py): fresh deliveries — never tried, not digests — are
+# all due and leave by fair key; the others (retries, digests, holds, leases a crash left) by due time.
+# A lease counts an attempt, so a claimed delivery leaves the fresh walk at once.
+FRESH = "status = 'pending' AND attempts = 0 AND folded IS NULL"
+AGAIN = "status = 'pending' AND (attempts > 0 OR folded IS NOT NULL)"
+
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
 # A mute for all of an account's browsers, kept when they unsubscribe (the NEAR server's), or for one
 # browser's stream only (ours, off the NEAR routes).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ import asyncpg
 
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
+from gateway.fairshare import FairShare, flow_of
 from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import (
@@ -38,7 +40,9 @@ from gateway.pacing.digest import (
 from gateway.pacing.quiet import quiet_hours
 from gateway.store.admin import count_hosts, funnel_rows, stream_info
 from gateway.store.base import (
+    AGAIN,
     BADGE_CAP,
+    FRESH,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -219,6 +223,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         "0009_inbox_by_time",
         "CREATE INDEX inbox_by_time ON inbox (account_id, created_at);",
     ),
+    (
+        # Fresh deliveries leave in fair-share order, the rest by due time (as SQLite's 0012).
+        "0010_fair_share",
+        f"""
+        ALTER TABLE deliveries ADD COLUMN fair_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+        UPDATE deliveries SET fair_at = due_at WHERE status = 'pending';
+        DROP INDEX deliveries_due;
+        CREATE INDEX deliveries_due ON deliveries (due_at, lease_until) WHERE {AGAIN};
+        CREATE INDEX deliveries_fresh ON deliveries (fair_at) WHERE {FRESH};
+        """,  # noqa: S608
+    ),
 ]
 
 
@@ -292,6 +307,7 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._fair = FairShare()  # this process's ingest: the order fresh deliveries leave in
         self.status = StoreStatus()
 
     @staticmethod
@@ -658,7 +674,7 @@ class PostgresStore:
                     result.skipped["duplicate_event"] = result.skipped.get("duplicate_event", 0) + 1
                     continue
                 result.new_events += 1
-                await self._match_one(conn, event, policy, now, day, result)
+                await self._match_one(conn, event, policy, now, day, result, self._fair)
             if cursor is not None:
                 await conn.execute(
                     "INSERT INTO cursors VALUES ($1, $2, $3) ON CONFLICT (source) "
@@ -671,7 +687,13 @@ class PostgresStore:
 
     @staticmethod
     async def _match_one(
-        conn: Any, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
+        conn: Any,
+        event: Event,
+        policy: MatchPolicy,
+        now: float,
+        day: str,
+        result: IngestResult,
+        fair: FairShare,
     ) -> None:
         streams = [
             Stream(
@@ -730,15 +752,17 @@ class PostgresStore:
         if not outcome.selected:
             return
         plain, paced = split_paced(event, outcome.selected, policy.pacing, now)
+        step = policy.fair_step
+        fair_at = fair.take(flow_of(event.source, event.row), len(outcome.selected), now, step)
         created = [s.endpoint_hash for s in plain]
         if plain:
             await conn.executemany(
-                "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
-                "VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
-                [(event.key, s.id, s.endpoint_hash, now) for s in plain],
+                "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fair_at) "
+                "VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT DO NOTHING",
+                [(event.key, s.id, s.endpoint_hash, now, fair_at + i * step) for i, s in enumerate(plain)],
             )
-        for stream, fold_key, held_until in paced:
-            if await PostgresStore._pace(conn, event, stream, fold_key, held_until, policy, now):
+        for i, (stream, fold_key, held_until) in enumerate(paced, start=len(plain)):
+            if await PostgresStore._pace(conn, event, stream, fold_key, held_until, policy, now, fair_at + i * step):
                 created.append(stream.endpoint_hash)
             else:
                 result.folded += 1
@@ -759,6 +783,7 @@ class PostgresStore:
         held_until: float | None,
         policy: MatchPolicy,
         now: float,
+        fair_at: float,
     ) -> bool:
         """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded)."""
         window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
@@ -795,14 +820,14 @@ class PostgresStore:
             return False
         insert = (
             "INSERT INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fold_key, folded, "
-            "folded_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+            "folded_total, fair_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
         )
         if isinstance(step, Hold):
             # created when its window ends: a delivery's age (give_up_after) counts from then
             held = (stream.id, stream.endpoint_hash, step.due_at, step.due_at, fold_key, json.dumps(list(step.folded)))
-            await conn.execute(insert, DIGEST_PREFIX + event.key, *held, step.total)
+            await conn.execute(insert, DIGEST_PREFIX + event.key, *held, step.total, step.due_at)
         else:
-            await conn.execute(insert, event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0)
+            await conn.execute(insert, event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0, fair_at)
         return True
 
     async def get_cursor(self, source: str) -> str | None:
@@ -814,17 +839,26 @@ class PostgresStore:
     async def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
         now = self._clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            leased = await conn.fetch(
-                "UPDATE deliveries SET lease_until = $1, attempts = attempts + 1 WHERE id IN ("
-                " SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= $2"
-                " AND (lease_until IS NULL OR lease_until <= $2) ORDER BY due_at LIMIT $3"
-                " FOR UPDATE SKIP LOCKED) RETURNING id",
-                now + lease_seconds,
+            # Two walks merged (store/base.py FRESH, AGAIN); rows another claim holds are skipped.
+            fresh = await conn.fetch(
+                f"SELECT fair_at, id FROM deliveries WHERE {FRESH} ORDER BY fair_at LIMIT $1 "  # noqa: S608
+                "FOR UPDATE SKIP LOCKED",
+                limit,
+            )
+            again = await conn.fetch(
+                f"SELECT due_at, id FROM deliveries WHERE {AGAIN} AND due_at <= $1 "  # noqa: S608
+                "AND (lease_until IS NULL OR lease_until <= $1) ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
                 now,
                 limit,
             )
-            if not leased:
+            chosen = [r[1] for r in heapq.merge(map(tuple, fresh), map(tuple, again))][:limit]
+            if not chosen:
                 return []
+            await conn.execute(  # every chosen row is locked by this transaction
+                "UPDATE deliveries SET lease_until = $1, attempts = attempts + 1 WHERE id = ANY($2)",
+                now + lease_seconds,
+                chosen,
+            )
             # A push taken again after a crash whose burst's digest went out meanwhile would replace the
             # digest on screen with stale text: it is cancelled instead (the digest carries it).
             await conn.execute(
@@ -834,15 +868,15 @@ class PostgresStore:
                 "AND g.fold_key = deliveries.fold_key AND g.folded IS NOT NULL AND g.status = 'sent' "
                 "AND g.created_at >= deliveries.created_at)",
                 now,
-                [r["id"] for r in leased],
+                chosen,
             )
             rows = await conn.fetch(
                 "SELECT d.id, d.attempts, d.compact, d.created_at, d.stream_id, d.event_key, d.folded, "
                 "d.folded_total, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth, "
                 "e.row_json FROM deliveries d "
                 "LEFT JOIN streams s ON s.id = d.stream_id LEFT JOIN events e ON e.event_key = d.event_key "
-                "WHERE d.id = ANY($1) AND d.status = 'pending' ORDER BY d.due_at",
-                [r["id"] for r in leased],
+                "WHERE d.id = ANY($1) AND d.status = 'pending' ORDER BY array_position($1, d.id)",
+                chosen,
             )
             claims: list[Claim] = []
             orphans: list[int] = []
@@ -903,7 +937,8 @@ class PostgresStore:
 
     async def next_due_at(self) -> float | None:
         value = await self.pool.fetchval(
-            "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'"
+            f"SELECT COALESCE((SELECT due_at FROM deliveries WHERE {FRESH} LIMIT 1), "  # noqa: S608
+            f"(SELECT MIN(GREATEST(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE {AGAIN}))"
         )
         return None if value is None else float(value)
 
@@ -985,7 +1020,7 @@ class PostgresStore:
 
     async def retry_dead_letters(self, ids: list[int] | None = None) -> int:
         status = await self.pool.execute(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = $1, lease_until = NULL, "
+            "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = $1, fair_at = $1, lease_until = NULL, "
             "finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected') "
             "AND ($2::bigint[] IS NULL OR id = ANY($2))",
             self._clock(),

@@ -8,6 +8,7 @@ consistent: each method is one transaction.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ import sqlite_utils
 
 from gateway.endpoints import endpoint_hash
 from gateway.exceptions import StoreError, StoreRefused, StoreUnavailable, StreamCapReached
+from gateway.fairshare import FairShare, flow_of
 from gateway.matcher import MatchPolicy, match
 from gateway.models import Claim, Event, IngestResult, QuietHours, Stream
 from gateway.pacing.digest import (
@@ -43,7 +45,9 @@ from gateway.store.admin import count_hosts as _count_hosts
 from gateway.store.admin import funnel_rows
 from gateway.store.admin import stream_info as _stream_info
 from gateway.store.base import (
+    AGAIN,
     BADGE_CAP,
+    FRESH,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -240,6 +244,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         "0011_inbox_by_time",
         "CREATE INDEX inbox_by_time ON inbox (account_id, created_at);",
     ),
+    (
+        # Fresh deliveries leave in fair-share order (gateway/fairshare.py), the rest (retries, digests,
+        # claims a crash left) by due time: one index each, so neither walk steps over the other's rows.
+        "0012_fair_share",
+        f"""
+        ALTER TABLE deliveries ADD COLUMN fair_at REAL NOT NULL DEFAULT 0;
+        UPDATE deliveries SET fair_at = due_at WHERE status = 'pending';
+        DROP INDEX deliveries_due;
+        CREATE INDEX deliveries_due ON deliveries (due_at, lease_until) WHERE {AGAIN};
+        CREATE INDEX deliveries_fresh ON deliveries (fair_at) WHERE {FRESH};
+        """,  # noqa: S608
+    ),
 ]
 
 
@@ -259,23 +275,29 @@ _SENT_TODAY = (
     "WHERE day = ? AND endpoint_hash IN (SELECT value FROM json_each(?))"
 )
 _NEW_DELIVERIES = (
-    "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at) "
-    "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ? FROM json_each(?)"
+    "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fair_at) "
+    "SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ?, ? + key * ? FROM json_each(?)"
 )
 _COUNT_SENT = (
     "INSERT INTO endpoint_daily SELECT value, ?, 1 FROM json_each(?) WHERE true "
     "ON CONFLICT (endpoint_hash, day) DO UPDATE SET count = count + 1"
 )
-_DUE = (
-    "SELECT json_group_array(id) FROM (SELECT id FROM deliveries WHERE status = 'pending' AND due_at <= ? "
-    "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
+# A claim takes the first ``limit`` of two walks merged: fresh deliveries by fair key (all due, none
+# leased: a lease counts an attempt) and the others due by now, by due time.
+_FRESH_FIRST = (
+    "SELECT json_group_array(json_array(fair_at, id)) FROM "  # noqa: S608
+    f"(SELECT id, fair_at FROM deliveries WHERE {FRESH} ORDER BY fair_at LIMIT ?)"
+)
+_DUE_AGAIN = (
+    "SELECT json_group_array(json_array(due_at, id)) FROM (SELECT id, due_at FROM deliveries "  # noqa: S608
+    f"WHERE {AGAIN} AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?)"
 )
 _LEASE = "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?))"
 _CLAIMED = (
     "SELECT json_group_array(json_array(d.id, d.attempts, d.compact, d.created_at, d.event_key, d.folded, "
     "d.folded_total, d.stream_id, s.account_id, s.gateway, s.endpoint, s.endpoint_hash, s.p256dh, s.auth)) "
-    "FROM deliveries d "
-    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.id IN (SELECT value FROM json_each(?)) AND d.status = 'pending'"
+    "FROM json_each(?) j JOIN deliveries d ON d.id = j.value "
+    "LEFT JOIN streams s ON s.id = d.stream_id WHERE d.status = 'pending' ORDER BY j.key"
 )
 # A push taken again after a crash whose burst's digest went out meanwhile would replace the digest on
 # screen with stale text: it is cancelled instead (the digest carries it).
@@ -344,7 +366,7 @@ _LATEST_DIGEST = (
 )
 _NEW_PACED = (
     "INSERT OR IGNORE INTO deliveries (event_key, stream_id, endpoint_hash, created_at, due_at, fold_key, folded, "
-    "folded_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "folded_total, fair_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -372,6 +394,7 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._fair = FairShare()  # this process's ingest: the order fresh deliveries leave in
         self.status = StoreStatus()
 
     @staticmethod
@@ -708,7 +731,7 @@ class SqliteStore:
                     result.skipped["duplicate_event"] = result.skipped.get("duplicate_event", 0) + 1
                     continue
                 result.new_events += 1
-                self._match_one(c, event, policy, now, day, result)
+                self._match_one(c, event, policy, now, day, result, self._fair)
             if cursor is not None:
                 c.execute(
                     "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (source) "
@@ -721,7 +744,13 @@ class SqliteStore:
 
     @staticmethod
     def _match_one(
-        c: sqlite3.Connection, event: Event, policy: MatchPolicy, now: float, day: str, result: IngestResult
+        c: sqlite3.Connection,
+        event: Event,
+        policy: MatchPolicy,
+        now: float,
+        day: str,
+        result: IngestResult,
+        fair: FairShare,
     ) -> None:
         streams = [
             Stream(stream_id, account, gateway, endpoint, ehash, "", "", quiet_hours(zone, start, end))
@@ -752,12 +781,14 @@ class SqliteStore:
         if not outcome.selected:
             return
         plain, paced = split_paced(event, outcome.selected, policy.pacing, now)
+        step = policy.fair_step
+        fair_at = fair.take(flow_of(event.source, event.row), len(outcome.selected), now, step)
         created = [s.endpoint_hash for s in plain]
         if plain:
             pairs = json.dumps([[s.id, s.endpoint_hash] for s in plain])
-            c.execute(_NEW_DELIVERIES, (event.key, now, now, pairs))
-        for stream, fold_key, held_until in paced:
-            if SqliteStore._pace(c, event, stream, fold_key, held_until, policy, now):
+            c.execute(_NEW_DELIVERIES, (event.key, now, now, fair_at, step, pairs))
+        for i, (stream, fold_key, held_until) in enumerate(paced, start=len(plain)):
+            if SqliteStore._pace(c, event, stream, fold_key, held_until, policy, now, fair_at + i * step):
                 created.append(stream.endpoint_hash)
             else:
                 result.folded += 1
@@ -774,6 +805,7 @@ class SqliteStore:
         held_until: float | None,
         policy: MatchPolicy,
         now: float,
+        fair_at: float,
     ) -> bool:
         """Queue the event for ``stream`` as pacing says; True when that made a row (else it was folded)."""
         window = 0.0 if policy.pacing is None else policy.pacing.window(event.value_type)
@@ -793,9 +825,9 @@ class SqliteStore:
         if isinstance(step, Hold):
             # created when its window ends: a delivery's age (give_up_after) counts from then
             args = (DIGEST_PREFIX + event.key, stream.id, stream.endpoint_hash, step.due_at, step.due_at, fold_key)
-            c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), step.total))
+            c.execute(_NEW_PACED, (*args, json.dumps(list(step.folded)), step.total, step.due_at))
         else:
-            c.execute(_NEW_PACED, (event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0))
+            c.execute(_NEW_PACED, (event.key, stream.id, stream.endpoint_hash, now, now, fold_key, None, 0, fair_at))
         return True
 
     async def get_cursor(self, source: str) -> str | None:
@@ -808,9 +840,11 @@ class SqliteStore:
         now = self._clock()
 
         def run(c: sqlite3.Connection) -> list[Claim]:
-            (due,) = c.execute(_DUE, (now, now, limit)).fetchone()
-            if due == "[]":
+            fresh = json.loads(c.execute(_FRESH_FIRST, (limit,)).fetchone()[0])
+            again = json.loads(c.execute(_DUE_AGAIN, (now, now, limit)).fetchone()[0])
+            if not fresh and not again:
                 return []
+            due = json.dumps([i for _, i in heapq.merge(fresh, again)][:limit])
             c.execute(_LEASE, (now + lease_seconds, due))
             c.execute(_REPLACED, (now, due))
             rows = _json_value(c, _CLAIMED, (due,))
@@ -859,7 +893,8 @@ class SqliteStore:
     async def next_due_at(self) -> float | None:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'pending'"
+                f"SELECT COALESCE((SELECT due_at FROM deliveries WHERE {FRESH} LIMIT 1), "  # noqa: S608
+                f"(SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM deliveries WHERE {AGAIN}))"
             ).fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
@@ -953,10 +988,10 @@ class SqliteStore:
         return await self._tx(
             lambda c: int(
                 c.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = ?, lease_until = NULL, "
-                    "finished_at = NULL, http_status = NULL, reason = '' WHERE status IN ('dead', 'rejected') "
-                    "AND (? IS NULL OR id IN (SELECT value FROM json_each(?)))",
-                    (now, chosen, chosen),
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, due_at = ?, fair_at = ?, "
+                    "lease_until = NULL, finished_at = NULL, http_status = NULL, reason = '' "
+                    "WHERE status IN ('dead', 'rejected') AND (? IS NULL OR id IN (SELECT value FROM json_each(?)))",
+                    (now, now, chosen, chosen),
                 ).rowcount
             )
         )
