@@ -7,11 +7,12 @@ reports the database's truth and its own watchers. Every name here is listed in 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # Outcome label values of gateway_deliveries_total.
@@ -113,30 +114,98 @@ class _SharedState(Collector):
         yield from (connected, lag_s, lag_b, height, events, faults, reconnects, paused, blocks, skipped, rate)
 
 
+class PushTally:
+    """The per-push metrics of one process as plain numbers: cheaper than prometheus-client's locked
+    values in the per-push path, and sent as they are by a sending process to the one serving
+    /metrics, which adds them up (counts per bucket, not cumulative, as observed)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], int] = {}  # (outcome, push host) -> attempts
+        self.send: dict[str, list[float]] = {}  # push host -> count per bucket (+Inf last), then the sum
+        self.age = [0.0] * (len(LATENCY_BUCKETS) + 2)  # event to push, sent ones: the same layout
+
+    def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float | None) -> None:
+        """One push attempt ended: its outcome, its request time, and, when sent, the event's age
+        (None for a digest: held on purpose, its wait is not latency)."""
+        key = (_OUTCOME_OF_STATUS.get(status, status), push_host)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        send = self.send.get(push_host)
+        if send is None:
+            send = self.send[push_host] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        _observe(send, send_seconds)
+        if status == "sent" and event_age is not None:
+            _observe(self.age, max(0.0, event_age))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcomes": [[o, h, n] for (o, h), n in self.outcomes.items()], "send": self.send, "age": self.age}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PushTally:
+        tally = cls()
+        tally.outcomes = {(str(o), str(h)): int(n) for o, h, n in data["outcomes"]}
+        tally.send = {str(h): [float(v) for v in values] for h, values in data["send"].items()}
+        tally.age = [float(v) for v in data["age"]]
+        return tally
+
+    def add(self, other: PushTally) -> None:
+        for key, n in other.outcomes.items():
+            self.outcomes[key] = self.outcomes.get(key, 0) + n
+        for host, values in other.send.items():
+            mine = self.send.setdefault(host, [0.0] * len(values))
+            self.send[host] = [a + b for a, b in zip(mine, values, strict=True)]
+        self.age = [a + b for a, b in zip(self.age, other.age, strict=True)]
+
+
+def _observe(histogram: list[float], value: float) -> None:
+    histogram[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1  # le: a value on a bound counts in it
+    histogram[-1] += value
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], values: list[float]) -> None:
+    counts, cumulative, buckets = values[:-1], 0.0, []
+    for bound, count in zip((*(str(b) for b in LATENCY_BUCKETS), "+Inf"), counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    family.add_metric(labels, buckets, values[-1])
+
+
+class _PushTallies(Collector):
+    """gateway_deliveries_total and the two latency histograms: this process's and the others' summed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        total = PushTally()
+        total.add(self._metrics.tally)
+        for other in self._metrics.tallies():
+            total.add(other)
+        deliveries = CounterMetricFamily(
+            "gateway_deliveries", "Push attempts by outcome and push-service host", labels=["outcome", "push_host"]
+        )
+        for (outcome, host), n in sorted(total.outcomes.items()):
+            deliveries.add_metric([outcome, host], n)
+        send = HistogramMetricFamily(
+            "gateway_push_send_seconds", "Time for one push-service request, answer included", labels=["push_host"]
+        )
+        for host, values in sorted(total.send.items()):
+            _histogram(send, [host], values)
+        age = HistogramMetricFamily(
+            "gateway_event_to_push_seconds", "From the event's arrival at the gateway to its push being accepted"
+        )
+        _histogram(age, [], total.age)
+        yield from (deliveries, send, age)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._shared = _SharedState()
         self.registry.register(self._shared)
-        self.deliveries = Counter(
-            "gateway_deliveries",
-            "Push attempts by outcome and push-service host",
-            ["outcome", "push_host"],
-            registry=self.registry,
-        )
-        self.send_seconds = Histogram(
-            "gateway_push_send_seconds",
-            "Time for one push-service request, answer included",
-            ["push_host"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.event_to_push_seconds = Histogram(
-            "gateway_event_to_push_seconds",
-            "From the event's arrival at the gateway to its push being accepted",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        # Per push: plain numbers, summed with the sending processes' at scrape time (gateway/senders.py).
+        self.tally = PushTally()
+        self.tallies: Callable[[], Iterable[PushTally]] = tuple  # the other processes' latest tallies
+        self.registry.register(_PushTallies(self))
         self.notifications = Counter(
             "gateway_notifications",
             "What service workers reported of notifications (receipts), by stage and type",
@@ -156,22 +225,9 @@ class Metrics:
             registry=self.registry,
         )
 
-        # The labelled children of the per-push metrics, looked up once per (outcome, host):
-        # prometheus-client's labels() costs a lock and a tuple build on every call.
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-
     def pushed(self, status: str, push_host: str, send_seconds: float, event_age: float | None) -> None:
-        """One push attempt ended: its outcome, its request time, and, when sent, the event's age
-        (None for a digest: held on purpose, its wait is not latency)."""
-        children = self._children.get((status, push_host))
-        if children is None:
-            outcome = _OUTCOME_OF_STATUS.get(status, status)
-            children = (self.deliveries.labels(outcome, push_host), self.send_seconds.labels(push_host))
-            self._children[(status, push_host)] = children
-        children[0].inc()
-        children[1].observe(send_seconds)
-        if status == "sent" and event_age is not None:
-            self.event_to_push_seconds.observe(max(0.0, event_age))
+        """One push attempt ended (see PushTally.pushed)."""
+        self.tally.pushed(status, push_host, send_seconds, event_age)
 
     async def render(
         self,

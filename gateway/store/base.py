@@ -26,6 +26,10 @@ from gateway.store.boundary import StoreStatus
 # A lease counts an attempt, so a claimed delivery leaves the fresh walk at once.
 FRESH = "status = 'pending' AND attempts = 0 AND folded IS NULL"
 AGAIN = "status = 'pending' AND (attempts > 0 OR folded IS NOT NULL)"
+# Counted over the two partial indexes: "status = 'pending'" alone matches neither, and walks the table.
+PENDING_COUNT = (
+    f"SELECT (SELECT COUNT(*) FROM deliveries WHERE {FRESH}) + (SELECT COUNT(*) FROM deliveries WHERE {AGAIN})"  # noqa: S608
+)
 
 FinalStatus = Literal["sent", "gone", "rejected", "dead", "cancelled"]
 # A mute for all of an account's browsers, kept when they unsubscribe (the NEAR server's), or for one

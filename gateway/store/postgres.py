@@ -43,6 +43,7 @@ from gateway.store.base import (
     AGAIN,
     BADGE_CAP,
     FRESH,
+    PENDING_COUNT,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -1074,7 +1075,7 @@ class PostgresStore:
     async def health_counts(self) -> dict[str, int]:
         async with self.pool.acquire() as conn:
             streams = await conn.fetchrow("SELECT COUNT(*), COUNT(DISTINCT account_id) FROM streams")
-            pending = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+            pending = await conn.fetchval(PENDING_COUNT)
         return {"streams": int(streams[0]), "accounts": int(streams[1]), "deliveries_pending": int(pending)}
 
     @asynccontextmanager

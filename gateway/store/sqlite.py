@@ -48,6 +48,7 @@ from gateway.store.base import (
     AGAIN,
     BADGE_CAP,
     FRESH,
+    PENDING_COUNT,
     UNREAD_CAP,
     DeadLetter,
     FunnelRow,
@@ -1055,7 +1056,7 @@ class SqliteStore:
         def run(c: sqlite3.Connection) -> dict[str, int]:
             # pending rows through their partial index: the finished history (days of it) is never walked
             streams, accounts = c.execute("SELECT COUNT(*), COUNT(DISTINCT account_id) FROM streams").fetchone()
-            pending = c.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+            pending = c.execute(PENDING_COUNT).fetchone()[0]
             return {"streams": int(streams), "accounts": int(accounts), "deliveries_pending": int(pending)}
 
         return await self._run(run)
