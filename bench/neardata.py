@@ -42,10 +42,10 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.cli import GC_YOUNG_THRESHOLD
 from gateway.config import NeardataWatcherSettings
 from gateway.ingest import StoreSink
 from gateway.matcher import MatchPolicy
+from gateway.runtime import GC_YOUNG_THRESHOLD
 from gateway.store import open_store
 from watchers.chain import decode_block, parse_block
 from watchers.neardata import ACCOUNTS_RELOAD, CHANGE_SLACK, NeardataWatcher
@@ -392,7 +392,7 @@ def main() -> None:
     q = args.quick
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 50)  # as `gateway serve` does (gateway/cli.py)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 50)  # as `gateway serve` does (gateway/runtime.py)
     pin = (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity")
     if pin:
         os.sched_setaffinity(0, {0})

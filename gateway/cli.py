@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from gateway.commands import add_operator_commands
 from gateway.config import Settings, load_settings
 from gateway.exceptions import GatewayError
 from gateway.logfmt import setup_logging
+from gateway.runtime import loop_options, tune_gc
 from gateway.webpush import generate_key_file, public_key_b64, read_key_file
 
 
@@ -30,30 +29,13 @@ ROLE_COMMANDS = {
 }
 
 
-GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
-
-
-def _tune_gc() -> None:
-    """Fewer, cheaper garbage collections: each push allocates a few short-lived objects, and at the
-    default threshold collections took about 3% of the CPU under load (bench/README.md). The objects
-    made at import are frozen out of every later collection."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 50)
-
-
-def _loop_options() -> dict[str, bool]:
-    """uvloop where it is installed: less CPU per push than asyncio's own loop (bench/README.md)."""
-    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
-
-
 def _serve(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     settings = load_settings(args.config)
     _setup_logging(settings)
-    _tune_gc()
-    anyio.run(Gateway(settings, frozenset(ROLE_COMMANDS[args.command])).run, backend_options=_loop_options())
+    tune_gc()
+    anyio.run(Gateway(settings, frozenset(ROLE_COMMANDS[args.command])).run, backend_options=loop_options())
     return 0
 
 

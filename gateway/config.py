@@ -144,6 +144,9 @@ class PushSettings(_Section):
     # about concurrency ÷ round-trip time: 512 in flight at 40 ms allows ~12k pushes/s (bench/README.md).
     concurrency: int = Field(512, ge=1)  # all push services together
     concurrency_per_origin: int = Field(256, ge=1)  # to one push service
+    # Processes that send (encryption is CPU work that threads do not spread): 0 = one per core. With
+    # more than one, the worker role starts that many sending processes (gateway/senders.py).
+    processes: int = Field(0, ge=0, le=256)
     # Seconds an idle connection to a push service is reused; below the usual server idle timeouts
     # (30-75 s), so a connection the far end has dropped is not written to.
     keep_alive: float = Field(15.0, gt=0)

@@ -25,6 +25,7 @@ from gateway.ingest import StoreSink
 from gateway.matcher import policy_from
 from gateway.metrics import Metrics
 from gateway.nearrpc import RpcUnavailable, chain_head
+from gateway.senders import SenderPool, sending_processes, serve_parent
 from gateway.slowclients import protocol_with_head_timeout
 from gateway.store import Store, open_store
 from gateway.webpush import (
@@ -104,12 +105,16 @@ class Gateway:
     """One gateway process. Roles: ``api`` (the HTTP API), ``worker`` (the dispatcher) and ``watch``
     (the watchers, each led by one process at a time). ``gateway serve`` runs all three."""
 
-    def __init__(self, settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> None:
+    def __init__(
+        self, settings: Settings, roles: frozenset[str] = frozenset(ROLES), *, parent: socket.socket | None = None
+    ) -> None:
         unknown = roles - set(ROLES)
         if unknown or not roles:
             raise ValueError(f"roles must be a non-empty subset of {ROLES}, not {sorted(roles)}")
         self.settings = settings
         self.roles = roles
+        self._parent = parent  # a sending process's socket to the process that started it (senders.py)
+        self._pool: SenderPool | None = None
         self._server: uvicorn.Server | None = None
         self.store: Store | None = None  # once running
         self._stopping = False
@@ -118,6 +123,8 @@ class Gateway:
     def stop(self) -> None:
         """Ask the process to finish: the server stops accepting, in-flight claims are released."""
         self._stopping = True
+        if self._pool is not None:
+            self._pool.stopping = True  # children that exit now are not started again
         if self._server is not None:
             self._server.should_exit = True
         if self._stop_event is not None:
@@ -144,8 +151,14 @@ class Gateway:
                     explorer=(settings.explorer.transaction, settings.explorer.account),
                     metrics=metrics,
                 )
+                # [push] processes: the worker role's sending goes to processes of its own (senders.py).
+                count = sending_processes(settings) if "worker" in self.roles and self._parent is None else 0
+                pool = self._pool = SenderPool(settings, count) if count > 1 else None
+                dispatching = "worker" in self.roles and pool is None
                 # Without a local worker, workers elsewhere find new deliveries at their next poll.
-                wake = dispatcher.wake if "worker" in self.roles else (lambda: None)
+                wake = pool.wake if pool is not None else dispatcher.wake if dispatching else (lambda: None)
+                if pool is not None:
+                    metrics.tallies = pool.tallies
                 policy = policy_from(settings.matching, settings.push)
                 sinks = {
                     w.name: StoreSink(store, policy, wake)
@@ -154,8 +167,13 @@ class Gateway:
                 }
                 watchers = [build_watcher(w, sinks[w.name]) for w in settings.watchers if w.name in sinks]
                 async with anyio.create_task_group() as tg:
-                    if "worker" in self.roles:
+                    if dispatching:
                         tg.start_soon(dispatcher.run)
+                    if pool is not None:
+                        tg.start_soon(pool.run)
+                    if self._parent is not None:
+                        tg.start_soon(serve_parent, self._parent, dispatcher, metrics, self._stop_event)
+                    elif "worker" in self.roles:  # once per deployment's worker, not per sending process
                         tg.start_soon(self._housekeeping, store)
                     for watcher in watchers:
                         tg.start_soon(self._lead, store, watcher, sinks[watcher.name])
@@ -164,10 +182,12 @@ class Gateway:
                         tg.start_soon(self._follow_chain_head, near_watchers)
                     if threading.current_thread() is threading.main_thread():
                         tg.start_soon(self._stop_on_signal)
-                    print(f"VAPID public key: {signer.public_key}", flush=True)
-                    roles = ",".join(r for r in ROLES if r in self.roles)
-                    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
-                    print(f"gateway running roles={roles} loop={loop}", flush=True)
+                    if self._parent is None:
+                        roles = ",".join(r for r in ROLES if r in self.roles)
+                        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+                        senders = f" sending_processes={pool.count}" if pool is not None else ""
+                        print(f"VAPID public key: {signer.public_key}", flush=True)
+                        print(f"gateway running roles={roles} loop={loop}{senders}", flush=True)
                     if "api" in self.roles:
                         app = create_app(
                             settings,

@@ -37,6 +37,7 @@ class Received:
     claims: dict[str, Any]
     headers: dict[str, str]
     plaintext: bytes = b""
+    peer_port: int = 0  # the sender's TCP port: which process sent it (tests/test_senders.py)
 
 
 class Subscription:
@@ -191,7 +192,9 @@ class FakePushService:
             time.sleep(reply.delay)
         with self._lock:
             self.in_flight -= 1
-        record = Received(sub.id, now, reply.status, payload, len(plaintext), claims, dict(h.headers), plaintext)
+        record = Received(
+            sub.id, now, reply.status, payload, len(plaintext), claims, dict(h.headers), plaintext, h.client_address[1]
+        )
         with self._cond:
             self.received.append(record)
             self._cond.notify_all()
