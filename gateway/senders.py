@@ -139,7 +139,7 @@ class SenderPool:
         """Take the child's reports until its end of the socket closes."""
         while True:
             try:
-                await anyio.wait_socket_readable(channel)
+                await anyio.wait_readable(channel)
                 message = channel.recv(MAX_REPORT_BYTES)
             except BlockingIOError:
                 continue
@@ -239,7 +239,7 @@ async def serve_parent(channel: socket.socket, dispatcher: Dispatcher, metrics: 
     async with anyio.create_task_group() as tg:
         tg.start_soon(report)
         while True:
-            await anyio.wait_socket_readable(channel)
+            await anyio.wait_readable(channel)
             try:
                 message = channel.recv(64)
             except BlockingIOError:

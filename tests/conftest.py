@@ -86,6 +86,9 @@ def make_settings(tmp_path: Path, fake_push: FakePushService) -> Callable[..., S
                 "retry_max_delay": 2.0,
                 "poll_interval": 0.2,
                 "claim_lease": 5.0,
+                # sending in this process: these tests look inside it; the default (one sending
+                # process per core) runs in the subprocess tests (test_process.py, test_senders.py)
+                "processes": 1,
             },
             "ingest": {"token": INGEST_TOKEN},
         }

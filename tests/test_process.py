@@ -89,6 +89,12 @@ class GatewayProcess:
         return code
 
 
+def sending_processes(gw: GatewayProcess) -> int:
+    """How many processes send for ``gw`` (its start line says when more than one)."""
+    line = next(line for line in gw.stdout if line.startswith("gateway running roles="))
+    return int(line.split("sending_processes=")[1]) if "sending_processes=" in line else 1
+
+
 def write_config(tmp_path: Path, fake_push: FakePushService, push: str, rest: str = "") -> Path:
     """A config for a gateway subprocess on its own database and key, pushing to the fake service."""
     config = tmp_path / "gateway.toml"
@@ -151,6 +157,7 @@ def test_kill_9_with_deliveries_in_flight_loses_nothing(
 
     gw = GatewayProcess(tmp_path, ["--config", str(config)])
     procs.append(gw)
+    senders = sending_processes(gw)  # the default: one per core, each with `concurrency` in flight
     for i, sub in enumerate(subs):
         r = gw.http.post(
             "/subscriptions/create",
@@ -175,8 +182,8 @@ def test_kill_9_with_deliveries_in_flight_loses_nothing(
 
     assert fake_push.wait_for(all_delivered, timeout=40), f"{len(fake_push.received)} received"
     assert fake_push.errors == []
-    # At-least-once: only the pushes in flight at the kill (≤ concurrency) may be sent twice.
-    assert len(fake_push.received) - 30 <= 4
+    # At-least-once: only the pushes in flight at the kill (≤ concurrency each) may be sent twice.
+    assert len(fake_push.received) - 30 <= 4 * senders
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         statuses = {s for (s,) in _query(tmp_path / "gw.db", "SELECT DISTINCT status FROM deliveries")}
@@ -206,7 +213,8 @@ def test_kill_9_while_a_watcher_streams_loses_nothing_and_doubles_nothing(
     config = write_config(
         tmp_path,
         fake_push,
-        "concurrency = 8\nclaim_lease = 2.0\npoll_interval = 0.2",
+        # one process watching and sending, killed (sending processes: tests/test_senders.py)
+        "concurrency = 8\nclaim_lease = 2.0\npoll_interval = 0.2\nprocesses = 1",
         f"""[[watchers]]
 name = "queryapi"
 kind = "queryapi"
@@ -254,7 +262,9 @@ reconnect_initial_delay = 0.2
 def test_sigterm_releases_in_flight_claims_and_exits_within_the_bound(
     tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
 ) -> None:
-    config = write_config(tmp_path, fake_push, "concurrency = 8\nclaim_lease = 600.0\nrequest_timeout = 30.0")
+    config = write_config(  # sending in-process; with sending processes: tests/test_senders.py
+        tmp_path, fake_push, "concurrency = 8\nclaim_lease = 600.0\nrequest_timeout = 30.0\nprocesses = 1"
+    )
     subs = [fake_push.subscribe() for _ in range(4)]
     for sub in subs:
         fake_push.always(sub, Reply(201, delay=20.0))  # a push service that hangs

@@ -34,6 +34,7 @@ allowed_endpoints = ["{fake_push.url}/"]
 concurrency = 8
 claim_lease = 2.0
 poll_interval = 0.2
+processes = 1  # each process started here is one sender: the kills are of those
 [matching]
 max_per_endpoint_per_day = 0
 [[watchers]]
