@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import tempfile
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -202,6 +205,63 @@ async def test_requests_in_flight_per_origin_are_capped_and_cancelled_waiters_fr
     assert now["most"] == 2  # both slots are still there
     await client.aclose()
     await stop(server, stats)
+
+
+async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None:
+    """Forty requests at once to a push service slow to finish its TLS handshakes: at most
+    CONNECTING_PER_ORIGIN handshakes are started at a time, and the rest reuse the connections given back."""
+    from bench.fakepush import self_signed
+    from gateway.http1 import CONNECTING_PER_ORIGIN
+
+    cert, key = self_signed(tempfile.mkdtemp())
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    accepted: list[float] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one(raw: socket.socket) -> None:  # a thread per connection: its handshake is slow
+        time.sleep(0.3)
+        try:
+            with server_ctx.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        data += chunk
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                    conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+
+    def accept() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted.append(time.monotonic())
+            threading.Thread(target=serve_one, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    client = Http1Client(concurrency_per_origin=64, tls=ssl.create_default_context(cafile=cert))
+    late = await asyncio.gather(*(client.post(f"{url}/{i}", {}, b"x", 0.1) for i in range(20)), return_exceptions=True)
+    assert all(isinstance(e, TimeoutError) for e in late)  # waiting for a turn or opening: no turn is lost
+    await asyncio.sleep(0.4)
+    accepted.clear()
+    started = time.monotonic()
+    answers = await asyncio.gather(*(client.post(f"{url}/{i}", {}, b"x", 10) for i in range(40)))
+    assert [a.status for a in answers] == [201] * 40
+    assert len([t for t in accepted if t < started + 0.25]) <= CONNECTING_PER_ORIGIN  # the first wave
+    assert len(accepted) <= 2 * CONNECTING_PER_ORIGIN  # the others were served by those given back
+    await client.aclose()
+    listener.close()
 
 
 async def test_tls_is_verified() -> None:

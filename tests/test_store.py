@@ -23,7 +23,7 @@ from gateway.exceptions import StreamCapReached
 from gateway.matcher import MatchPolicy
 from gateway.models import Event, QuietHours
 from gateway.pacing.digest import Pacing
-from gateway.store.base import ACCOUNT_READER, Outcome, Store
+from gateway.store.base import ACCOUNT_READER, BADGE_CAP, Outcome, Store
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
@@ -709,6 +709,39 @@ async def test_a_claim_carries_its_inbox_item_and_its_browsers_unread_count(stor
     digests = await store.claim(10, 30)
     [item5] = [i for i in await store.inbox("bob.near", B1) if i.row["id"] == 5]
     assert {(c.row["id"], c.inbox_id) for c in digests} == {(5, item5.id)} and len(digests) == 2
+
+
+async def test_the_badge_a_claim_carries_is_exact_however_the_items_were_read(store: Store) -> None:
+    """The badge is counted from the mark and the items read one by one, not row by row: it must match
+    the inbox's own read flags past twice the cap, with reads by either reader, and with more one-by-one
+    reads than the cap (counted row by row then)."""
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)
+    await store.ingest([event(n) for n in range(1000, 1000 + 3 * BADGE_CAP)], MatchPolicy())  # 297
+    await store.record([Outcome(c.delivery_id, "sent", 201) for c in await store.claim(1000, 30)])
+    ids = sorted(i.id for i in await store.inbox("bob.near", B1, limit=1000))  # oldest first
+    n = 0
+
+    async def badge_and_truth() -> tuple[int | None, int]:
+        """The badge of a new notification's claim, and the unread count by the inbox's read flags."""
+        nonlocal n
+        n += 1
+        await store.ingest([event(n)], MatchPolicy())
+        [claim] = await store.claim(10, 30)
+        await store.record([Outcome(claim.delivery_id, "sent", 201)])
+        unread = sum(not i.read for i in await store.inbox("bob.near", B1, limit=1000))
+        return claim.unread, min(BADGE_CAP, unread)
+
+    assert await badge_and_truth() == (BADGE_CAP, BADGE_CAP)
+    await store.mark_read("bob.near", B1, ids=ids[:90])
+    await store.mark_read("bob.near", ACCOUNT_READER, ids=ids[80:95])  # 95 distinct: 299 - 95 unread
+    assert await badge_and_truth() == (BADGE_CAP, BADGE_CAP)
+    await store.mark_read("bob.near", B1, ids=ids[100:250])  # 245 one by one, more than the cap
+    assert await badge_and_truth() == (300 - 245, 300 - 245)
+    await store.mark_read("bob.near", B1, up_to=ids[200])  # 201 read; ids[201:250] one by one after it
+    await store.mark_read("bob.near", ACCOUNT_READER, ids=ids[240:260])  # 59 distinct after the mark
+    assert await badge_and_truth() == (301 - 201 - 59, 301 - 201 - 59)
+    await store.mark_read("bob.near", B1, up_to=ids[-1])  # all read but the four new since
+    assert await badge_and_truth() == (5, 5)
 
 
 async def test_receipts_are_recorded_once_per_stage_and_a_click_reads_the_item(store: Store, clock: Clock) -> None:
