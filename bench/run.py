@@ -707,10 +707,10 @@ def main() -> None:
     cells = [f"{gw[t]['rate'] / naive[t]['sequential']:.0f}×" for t in (True, False)]
     print(f"| gateway ÷ naive sequential peer | {cells[0]} | {cells[1]} | ≥ 20× |")
     cells = [f"{gw[t]['cpu_us'] / floor:.2f}×" for t in (True, False)]
-    print(f"| gateway CPU per push ÷ crypto floor | {cells[0]} | {cells[1]} | ≤ 2× |")
+    print(f"| gateway CPU per push ÷ crypto floor | {cells[0]} | {cells[1]} | |")
     many = median_by(results["gateway_https_runs_full"], "rate")["rate"] / results["gateway_https_1"]["rate"]
     print(f"| pushes/s, {gw[True]['processes']} sending processes ÷ 1 (https) | {many:.2f}× | — | ≥ 1.6× |")
-    print(f"| gateway CPU per push ÷ crypto floor with TLS | {gw[True]['cpu_us'] / floor_tls:.2f}× | — | |")
+    print(f"| gateway CPU per push ÷ crypto floor with TLS | {gw[True]['cpu_us'] / floor_tls:.2f}× | — | ≤ 1.5× |")
     cells = [f"{gw[t]['cpu_us']:.0f} µs" for t in (True, False)]
     print(f"| gateway CPU per push (4a) | {cells[0]} | {cells[1]} | |")
     cells = [f"{gw[t]['fake_cpu_us']:.0f} µs" for t in (True, False)]

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 
@@ -31,7 +31,7 @@ from gateway.pacing.digest import digest_tag
 from gateway.pacing.urgency import ttl_for, urgency_for
 from gateway.payload import COMPACT_PLAINTEXT_BYTES, MAX_PLAINTEXT_BYTES, build_payload, with_badge
 from gateway.store.base import Outcome, Store
-from gateway.webpush import PushAnswer, Verdict
+from gateway.webpush import PushAnswer, SealedPush, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,25 @@ STORE_RETRY_INITIAL = 0.1  # seconds before asking an unavailable store again...
 STORE_RETRY_MAX = 2.0  # ...doubling up to this for claims,
 RECORD_RETRY_MAX = 0.5  # and to this for outcomes: recorded before their leases end and others claim them
 SHUTDOWN_FLUSH = 5.0  # seconds a stopping dispatcher gives the store to take its last outcomes
+# Claimed pushes are encrypted this many back to back before the sending tasks get them: OpenSSL's
+# tables stay in cache (interleaved with the rest of each push, encryption cost 10-15% more).
+SEAL_CHUNK = 32
 
 
 class Sender(Protocol):
+    def seal(
+        self,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        plaintext: bytes,
+        urgency: str | None = None,
+        ttl: int | None = None,
+        topic: str | None = None,
+    ) -> SealedPush: ...
+
+    async def post(self, push: SealedPush) -> PushAnswer: ...
+
     async def send(
         self,
         endpoint: str,
@@ -57,6 +73,14 @@ class Sender(Protocol):
         ttl: int | None = None,
         topic: str | None = None,
     ) -> PushAnswer: ...
+
+
+class _Ready(NamedTuple):
+    """A claimed delivery made ready to send: sealed, or already answered (never sendable)."""
+
+    claim: Claim
+    host: str  # the metrics label
+    push: SealedPush | PushAnswer
 
 
 def retry_delay(attempt: int, retry_after: float | None, settings: PushSettings, rng: random.Random) -> float:
@@ -129,7 +153,7 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        queue: asyncio.Queue[Claim] = asyncio.Queue()
+        queue: asyncio.Queue[_Ready] = asyncio.Queue()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write_outcomes)
@@ -157,9 +181,11 @@ class Dispatcher:
                     pauses = self._store_pauses()
                     backlog = len(claims) == want
                     self._free -= len(claims)
-                    for claim in claims:
-                        self._in_flight.add(claim.delivery_id)
-                        queue.put_nowait(claim)
+                    self._in_flight.update(claim.delivery_id for claim in claims)
+                    for i, claim in enumerate(claims, 1):
+                        queue.put_nowait(self._ready(claim))
+                        if i % SEAL_CHUNK == 0 and i < len(claims):
+                            await asyncio.sleep(0)  # the first ones go out while the rest are sealed
                     if not claims:
                         await self._idle()
         finally:
@@ -185,7 +211,7 @@ class Dispatcher:
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    async def _work(self, queue: asyncio.Queue[Claim]) -> None:
+    async def _work(self, queue: asyncio.Queue[_Ready]) -> None:
         while True:
             await self._deliver(await queue.get())
 
@@ -203,32 +229,42 @@ class Dispatcher:
                 await self._wake.wait()
         self._wake = anyio.Event()
 
-    async def _deliver(self, claim: Claim) -> None:
+    def _ready(self, claim: Claim) -> _Ready:
+        """Seal a claimed delivery: its canonical endpoint, payload, encryption and headers."""
+        stream = claim.stream
+        try:
+            # Rows stored before endpoints were canonical are read in the canonical form too: one
+            # pool, one VAPID aud and one metrics label per push service, whatever the spelling.
+            endpoint = canonical_endpoint(stream.endpoint)
+            host = push_host(endpoint)
+        except InvalidEndpoint as exc:  # never sent: dead-lettered with the reason
+            return _Ready(claim, "invalid", PushAnswer(Verdict.FAILED, None, None, f"invalid endpoint: {exc}"))
+        if endpoint != stream.endpoint:
+            stream = stream._replace(endpoint=endpoint)
+            claim = claim._replace(stream=stream)
+        types = self._settings.types
+        try:
+            sealed = self._sender.seal(
+                endpoint,
+                stream.p256dh,
+                stream.auth,
+                self._payload(claim),
+                urgency_for(claim.row, types),
+                ttl_for(claim.row, types),
+                # the tag of the notification it shows: replaced at the push service and on screen alike
+                digest_tag(list(claim.folded), types) if claim.folded else topic_for(claim.row, types),
+            )
+        except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
+            log.exception("preparing delivery=%s failed unexpectedly", claim.delivery_id)
+            return _Ready(claim, host, PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}"))
+        return _Ready(claim, host, sealed)
+
+    async def _deliver(self, ready: _Ready) -> None:
+        claim, host, push = ready
         try:
             started = time.perf_counter()
-            answer: PushAnswer | None = None
-            stream = claim.stream
             try:
-                # Rows stored before endpoints were canonical are read in the canonical form too: one
-                # pool, one VAPID aud and one metrics label per push service, whatever the spelling.
-                stream = stream._replace(endpoint=canonical_endpoint(stream.endpoint))
-                claim, host = claim._replace(stream=stream), push_host(stream.endpoint)
-            except InvalidEndpoint as exc:  # never sent: dead-lettered with the reason
-                answer, host = PushAnswer(Verdict.FAILED, None, None, f"invalid endpoint: {exc}"), "invalid"
-            try:
-                if answer is None:
-                    plaintext = self._payload(claim)
-                    types = self._settings.types
-                    answer = await self._sender.send(
-                        stream.endpoint,
-                        stream.p256dh,
-                        stream.auth,
-                        plaintext,
-                        urgency_for(claim.row, types),
-                        ttl_for(claim.row, types),
-                        # the tag of the notification it shows: replaced at the push service and on screen alike
-                        digest_tag(list(claim.folded), types) if claim.folded else topic_for(claim.row, types),
-                    )
+                answer = push if isinstance(push, PushAnswer) else await self._sender.post(push)
             except Exception as exc:  # a bug of ours must not lose the delivery: retry it later
                 log.exception("sending delivery=%s failed unexpectedly", claim.delivery_id)
                 answer = PushAnswer(Verdict.RETRY, None, None, f"internal error: {type(exc).__name__}")

@@ -195,8 +195,18 @@ def classify(status: int) -> Verdict:
     return Verdict.FAILED
 
 
+class SealedPush(NamedTuple):  # a tuple: one is built per push
+    """A push ready to go: where, its header block, its encrypted body."""
+
+    endpoint: str
+    headers: bytes
+    body: bytes
+
+
 class PushClient:
-    """POSTs encrypted messages to push services with per-origin concurrency limits."""
+    """POSTs encrypted messages to push services with per-origin concurrency limits. ``seal`` is the
+    CPU work of a push (encryption, headers), ``post`` its I/O: a caller with many pushes can seal a
+    batch back to back, keeping the crypto's tables in cache, before any goes out."""
 
     def __init__(
         self,
@@ -240,6 +250,24 @@ class PushClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
+    def seal(
+        self,
+        endpoint: str,
+        p256dh: str,
+        auth: str,
+        plaintext: bytes,
+        urgency: str | None = None,
+        ttl: int | None = None,
+        topic: str | None = None,
+    ) -> SealedPush:
+        """One push encrypted for its subscription; ``urgency`` and ``ttl`` override the configured ones
+        for it (its type's); ``topic`` (RFC 8030 §5.4) lets it replace a push with the same topic still
+        queued."""
+        headers = self._headers(origin_of(endpoint), urgency, ttl)
+        if topic is not None:  # one per item: appended, not a cache entry each
+            headers += b"Topic: " + topic.encode("ascii") + b"\r\n"
+        return SealedPush(endpoint, headers, encrypt(plaintext, p256dh, auth))
+
     async def send(
         self,
         endpoint: str,
@@ -250,14 +278,13 @@ class PushClient:
         ttl: int | None = None,
         topic: str | None = None,
     ) -> PushAnswer:
-        """One push; ``urgency`` and ``ttl`` override the configured ones for it (its type's);
-        ``topic`` (RFC 8030 §5.4) lets it replace a push with the same topic still queued."""
-        body = encrypt(plaintext, p256dh, auth)
-        headers = self._headers(origin_of(endpoint), urgency, ttl)
-        if topic is not None:  # one per item: appended, not a cache entry each
-            headers += b"Topic: " + topic.encode("ascii") + b"\r\n"
+        """One push, sealed and posted."""
+        return await self.post(self.seal(endpoint, p256dh, auth, plaintext, urgency, ttl, topic))
+
+    async def post(self, push: SealedPush) -> PushAnswer:
+        """POST a sealed push and classify the answer."""
         try:
-            answer = await self._http.post(endpoint, headers, body, self._timeout)
+            answer = await self._http.post(push.endpoint, push.headers, push.body, self._timeout)
         except TimeoutError:
             return PushAnswer(Verdict.RETRY, None, None, "timeout")
         except HttpError as exc:

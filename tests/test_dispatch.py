@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from gateway.dispatcher import SEAL_CHUNK
+from gateway.webpush import PushAnswer, PushClient, SealedPush
 from tests.conftest import RunningGateway, row
 from tests.fakepush import FakePushService, Reply
 from tests.test_e2e import subscribe
@@ -153,3 +155,52 @@ def test_concurrency_per_push_service_is_bounded(start_gateway: Any, fake_push: 
     for sub in subs:
         fake_push.wait_count(sub, 3, timeout=15)
     assert fake_push.max_in_flight == 3  # reached, never exceeded
+
+
+def test_a_claimed_batch_is_sealed_in_chunks_the_first_going_out_before_the_rest_are_sealed(
+    start_gateway: Any, fake_push: FakePushService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sealed: list[str] = []
+    sealed_at_first_post: list[int] = []
+    real_seal, real_post = PushClient.seal, PushClient.post
+
+    def seal(self: PushClient, endpoint: str, *args: Any) -> SealedPush:
+        sealed.append(endpoint)
+        return real_seal(self, endpoint, *args)
+
+    async def post(self: PushClient, push: SealedPush) -> PushAnswer:
+        if not sealed_at_first_post:
+            sealed_at_first_post.append(len(sealed))
+        return await real_post(self, push)
+
+    monkeypatch.setattr(PushClient, "seal", seal)
+    monkeypatch.setattr(PushClient, "post", post)
+    gw = start_gateway(
+        matching={"max_per_endpoint_per_day": 0}, limits={"per_ip_rate": 0, "max_streams_per_account": 0}
+    )
+    subs = [subscribe(gw, fake_push, "bob.near") for _ in range(3 * SEAL_CHUNK)]
+    gw.ingest(row(1))  # one claim of all of them
+    assert fake_push.wait_for(lambda: len(fake_push.received) == len(subs), timeout=15)
+    assert sealed_at_first_post == [SEAL_CHUNK]  # back to back, then sent while the rest are sealed
+    assert sorted(sealed) == sorted(s.endpoint for s in subs)
+
+
+def test_a_push_that_cannot_be_sealed_is_retried_and_the_others_go_out(
+    start_gateway: Any, fake_push: FakePushService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_seal = PushClient.seal
+    failures = [RuntimeError("a bug of ours")]
+
+    def seal(self: PushClient, *args: Any) -> SealedPush:
+        if failures:
+            raise failures.pop()
+        return real_seal(self, *args)
+
+    monkeypatch.setattr(PushClient, "seal", seal)
+    gw = start_gateway()
+    subs = [subscribe(gw, fake_push, "bob.near") for _ in range(3)]
+    gw.ingest(row(1))
+    for sub in subs:
+        fake_push.wait_count(sub, 1)
+    rows = wait_status(gw, "sent", 3)
+    assert sorted(r["attempts"] for r in rows) == [1, 1, 2]  # the one that failed, again after its backoff
