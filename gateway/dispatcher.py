@@ -63,17 +63,6 @@ class Sender(Protocol):
 
     async def post(self, push: SealedPush) -> PushAnswer: ...
 
-    async def send(
-        self,
-        endpoint: str,
-        p256dh: str,
-        auth: str,
-        plaintext: bytes,
-        urgency: str | None = None,
-        ttl: int | None = None,
-        topic: str | None = None,
-    ) -> PushAnswer: ...
-
 
 class _Ready(NamedTuple):
     """A claimed delivery made ready to send: sealed, or already answered (never sendable)."""

@@ -70,7 +70,7 @@ async def send_test(store: Store, sender: Sender, account_id: str) -> list[dict[
     results = []
     for info in await store.list_streams(account_id=account_id, limit=1000):
         s = info.stream
-        answer = await sender.send(s.endpoint, s.p256dh, s.auth, test_payload(account_id, s.gateway))
+        answer = await sender.post(sender.seal(s.endpoint, s.p256dh, s.auth, test_payload(account_id, s.gateway)))
         if answer.verdict is Verdict.GONE:  # as the dispatcher would: the browser unsubscribed
             await store.delete_streams(s.endpoint)
         results.append(

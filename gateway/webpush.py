@@ -268,19 +268,6 @@ class PushClient:
             headers += b"Topic: " + topic.encode("ascii") + b"\r\n"
         return SealedPush(endpoint, headers, encrypt(plaintext, p256dh, auth))
 
-    async def send(
-        self,
-        endpoint: str,
-        p256dh: str,
-        auth: str,
-        plaintext: bytes,
-        urgency: str | None = None,
-        ttl: int | None = None,
-        topic: str | None = None,
-    ) -> PushAnswer:
-        """One push, sealed and posted."""
-        return await self.post(self.seal(endpoint, p256dh, auth, plaintext, urgency, ttl, topic))
-
     async def post(self, push: SealedPush) -> PushAnswer:
         """POST a sealed push and classify the answer."""
         try:
