@@ -47,6 +47,7 @@ class _Connection(asyncio.Protocol):
     """One kept-alive connection; llhttp's callbacks (``on_*``) build the answer of the exchange."""
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup costs a getpid()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.keep_alive = False  # true only after a complete, well-framed final answer
@@ -159,7 +160,7 @@ class _Connection(asyncio.Protocol):
         self._reset()
         self.keep_alive = False
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self.transport.write(request)
         return self._waiter
 
@@ -219,9 +220,8 @@ class _Origin:
         self.opening = 0  # connections being opened now, at most CONNECTING_PER_ORIGIN
         self.waiting: deque[asyncio.Future[_Connection | None]] = deque()  # for a connection, or a turn to open one
 
-    def take_idle(self, keep_alive: float) -> _Connection | None:
-        """The newest open idle connection, after closing those idle longer than ``keep_alive``."""
-        expired = asyncio.get_running_loop().time() - keep_alive
+    def take_idle(self, expired: float) -> _Connection | None:
+        """The newest open idle connection, after closing those idle since before ``expired``."""
         while self.idle and self.idle[0].idle_since < expired:  # oldest first: never read from again
             self.idle.popleft().close()
         while self.idle:
@@ -307,6 +307,7 @@ class Http1Client:
         self._routes: dict[str, tuple[_Origin, bytes]] = {}  # url -> origin, rendered request line and Host
         self._deadlines: dict[_Connection, float] = {}  # in-flight exchanges, by loop time
         self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _route(self, url: str) -> tuple[_Origin, bytes]:
         """The origin of ``url`` and the start of its request; push endpoints repeat, so each is parsed once."""
@@ -330,16 +331,20 @@ class Http1Client:
         origin, start = self._route(url)
         block = headers if isinstance(headers, bytes) else render_headers(headers)
         request = b"%s%d\r\n%s\r\n%s" % (start, len(body), block, body)
+        loop = self._loop
+        if loop is None:  # the loop of the first request is the client's: looked up once (a getpid() each)
+            loop = self._loop = asyncio.get_running_loop()
         await origin.slots.acquire()
         try:
-            return await self._exchange(origin, request, asyncio.get_running_loop().time() + timeout)
+            return await self._exchange(loop, origin, request, loop.time() + timeout)
         finally:
             origin.slots.release()
 
-    async def _exchange(self, origin: _Origin, request: bytes, deadline: float) -> Answer:
-        loop = asyncio.get_running_loop()
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, origin: _Origin, request: bytes, deadline: float
+    ) -> Answer:
         for attempt in range(2):
-            conn = origin.take_idle(self._keep_alive)
+            conn = origin.take_idle(loop.time() - self._keep_alive)
             reused = conn is not None
             if conn is None:
                 async with asyncio.timeout_at(deadline):  # rare: a timer for a new connection is fine
@@ -367,7 +372,7 @@ class Http1Client:
         if self._sweeper is None or self._sweeper.when() > deadline:  # the sweep due first, for this one
             if self._sweeper is not None:
                 self._sweeper.cancel()
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             self._sweeper = loop.call_at(deadline, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:

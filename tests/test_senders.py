@@ -80,7 +80,12 @@ def ingest(gw: GatewayProcess, rows: list[dict[str, object]]) -> None:
 def test_two_sending_processes_share_the_outbox_push_each_once_and_add_up_in_metrics(
     tmp_path: Path, fake_push: FakePushService, procs: list[GatewayProcess]
 ) -> None:
-    config = write_config(tmp_path, fake_push, "processes = 2\nconcurrency = 16", f'[ingest]\ntoken = "{INGEST_TOKEN}"')
+    config = write_config(
+        tmp_path,
+        fake_push,
+        "processes = 2\nconcurrency = 16\nconcurrency_per_origin = 6",
+        f'[ingest]\ntoken = "{INGEST_TOKEN}"',
+    )
     gw = GatewayProcess(tmp_path, ["--config", str(config)])
     procs.append(gw)
     assert any("sending_processes=2" in line for line in gw.stdout)
@@ -94,6 +99,7 @@ def test_two_sending_processes_share_the_outbox_push_each_once_and_add_up_in_met
     assert fake_push.wait_for(all_sent, timeout=30), f"{len(fake_push.received)} received"
     assert len(fake_push.received) == 300, "a delivery was sent twice"  # one lease per claim, both processes
     assert fake_push.errors == []
+    assert 4 <= fake_push.max_in_flight <= 6  # the limit holds for both processes together: 3 each
     by_process = [local_ports(pid) for pid in pids]
     sent_by = [sum(1 for r in fake_push.received if r.peer_port in ports) for ports in by_process]
     assert all(n > 0 for n in sent_by) and sum(sent_by) == 300, sent_by  # both sent, from their own sockets
