@@ -153,7 +153,7 @@ def test_sigterm_stops_every_sending_process_and_releases_their_claims(
     config = write_config(
         tmp_path,
         fake_push,
-        "processes = 2\nconcurrency = 4\nclaim_lease = 600.0\nrequest_timeout = 30.0",
+        "processes = 2\nconcurrency = 8\nclaim_lease = 600.0\nrequest_timeout = 30.0",
         f'[ingest]\ntoken = "{INGEST_TOKEN}"',
     )
     gw = GatewayProcess(tmp_path, ["--config", str(config)])
@@ -161,7 +161,7 @@ def test_sigterm_stops_every_sending_process_and_releases_their_claims(
     pids = sender_pids(gw, 2)
     subscribe_all(gw, fake_push, 4, delay=20.0)  # a push service that hangs
     ingest(gw, [row(n, f"acc{n % 4}.near") for n in range(1, 21)])
-    assert fake_push.wait_for(lambda: fake_push.in_flight == 8, timeout=10)  # 4 in flight in each process
+    assert fake_push.wait_for(lambda: fake_push.in_flight == 8, timeout=10)  # 4 in flight in each: its share
     started = time.monotonic()
     assert gw.terminate(timeout=20) == 0
     assert time.monotonic() - started < 8
