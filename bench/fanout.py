@@ -9,8 +9,9 @@ fake push service (bench/fakepush.py, its own process, 40 ms answers, TLS by def
 every push of that other account, so each one's event-to-push time is known.
 
 Printed per run: when the last fan-out push was accepted (from the first POST), the event-to-push
-p50/p99/max of the lone ones, and the RSS of every gateway process sampled every 250 ms (the serving
-process and its sending processes). Two runs in one: the fair share as configured by default, and
+p50/p99/max of the lone ones, and the RSS of every gateway process (the serving process, the
+multiprocessing resource tracker, the sending processes), sampled every 250 ms, at the start and
+after each fifth of the burst. Two runs in one: the fair share as configured by default, and
 ``fair_rate`` so high that the outbox is first-in first-out (the order before issue 18).
 """
 
@@ -114,6 +115,9 @@ def fanout_run(fake: FakePushProcess, base: str, followers: int, push_toml: str)
             "p99_ms": rank(lone, 0.99) * 1000,
             "max_ms": lone[-1] * 1000,
             "rss": {pid: (min(v), max(v)) for pid, v in rss.items() if v},
+            # each process's RSS at the start and after each fifth of the burst: growth that stops
+            # (caches filling) or goes on (something kept per delivery)
+            "rss_fifths": {pid: [v[k * (len(v) - 1) // 5] for k in range(6)] for pid, v in rss.items() if v},
             "errors": stats["errors"][:3],
         }
     finally:
@@ -135,12 +139,12 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores; {args.followers} followers; {'http' if args.plain_http else 'https'}")
         for name, toml in (("fair share (default)", ""), ("first in, first out", "fair_rate = 1e12")):
             result = fanout_run(fake, base, args.followers, f"processes = {args.processes}\n{toml}")
-            rss = "; ".join(f"{lo:.0f}→{hi:.0f} MB" for lo, hi in result["rss"].values())
+            rss = "; ".join("→".join(f"{mb:.0f}" for mb in v) + " MB" for v in result["rss_fifths"].values())
             print(
                 f"{name}: {result['followers']} accepted in {result['accepted_s']:.1f} s ({result['rate']:.0f}/s; "
                 f"posted in {result['posted_s']:.1f} s); lone pushes ({result['singles']}): "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, max {result['max_ms']:.0f} ms; "
-                f"RSS per process {rss}; errors {result['errors'] or 'none'}"
+                f"RSS per process at the start and each fifth of the burst: {rss}; errors {result['errors'] or 'none'}"
             )
     finally:
         fake.close()

@@ -25,7 +25,7 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024  # all heads of one exchange together (1xx answers included)
 MAX_BODY_BYTES = 64 * 1024  # push-service answers are tiny; the rest of a larger one is not read
 IDLE_PER_ORIGIN = 256
-ROUTES_KEPT = 65536  # parsed endpoint URLs remembered
+ROUTES_KEPT = 8192  # parsed endpoint URLs remembered (65,536 of them took 20 MB)
 SWEEP_INTERVAL = 0.05  # least seconds between two sweeps of in-flight requests for missed deadlines
 KEEP_ALIVE = 15.0  # seconds an idle connection is reused: below the usual server idle timeouts (30-75 s)
 # New connections opened at once per origin: a burst of requests waits for these or for one coming back

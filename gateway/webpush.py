@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.backoff import parse_retry_after
-from gateway.endpoints import origin_of
+from gateway.endpoints import ENDPOINTS_CACHED, origin_of
 from gateway.exceptions import VapidKeyError
 from gateway.http1 import KEEP_ALIVE, Http1Client, HttpError, render_headers
 from gateway.models import b64url_decode, b64url_encode
@@ -130,7 +130,7 @@ def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=ENDPOINTS_CACHED)
 def _receiver(p256dh: str, auth: str) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
     """A subscription's parsed keys, cached: the same browsers receive push after push."""
     raw = b64url_decode(p256dh)
