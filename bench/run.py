@@ -323,12 +323,18 @@ def setup_streams(
 
 
 def gateway_burst(
-    fake: FakePushProcess, receivers: int, per_receiver: int, events: int, tls: bool = False, processes: int = 0
+    fake: FakePushProcess,
+    receivers: int,
+    per_receiver: int,
+    events: int,
+    tls: bool = False,
+    processes: int = 0,
+    push_toml: str = "",
 ) -> dict[str, Any]:
     """Events posted as fast as the API takes them; pushes/s and CPU per push at saturation (the gateway's
     processes together, and the fake push service's). ``processes``: ``[push] processes`` (0, the
-    default: one sending process per core)."""
-    gw = start_gateway(fake, tls, push_toml=f"processes = {processes}" if processes else "")
+    default: one sending process per core); ``push_toml``: more ``[push]`` settings."""
+    gw = start_gateway(fake, tls, push_toml=(f"processes = {processes}\n" if processes else "") + push_toml)
     try:
         setup_streams(gw, fake, receivers, per_receiver, "b", tls)
         rows = [

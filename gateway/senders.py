@@ -63,18 +63,6 @@ def sending_processes(settings: Settings) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def share_of(settings: Settings, count: int) -> Settings:
-    """A sending process's settings: its share of the worker's ``concurrency`` and
-    ``concurrency_per_origin``, which hold for all its sending processes together (a push service sees
-    as many connections whatever the number of cores; half the TLS handshakes each on two)."""
-    push = settings.push
-    shared = {
-        "concurrency": -(-push.concurrency // count),
-        "concurrency_per_origin": -(-push.concurrency_per_origin // count),
-    }
-    return settings.model_copy(update={"push": push.model_copy(update=shared)})
-
-
 class _Child:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -89,7 +77,7 @@ class SenderPool:
     """The parent's side: starts, wakes, hears from and stops the sending processes."""
 
     def __init__(self, settings: Settings, count: int) -> None:
-        self._settings = share_of(settings, count)
+        self._settings = settings
         self._children = [_Child(i) for i in range(count)]
         self._retired = PushTally()  # what children that died had reported
         self._context = multiprocessing.get_context("spawn")
