@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import tempfile
@@ -207,6 +208,15 @@ async def test_requests_in_flight_per_origin_are_capped_and_cancelled_waiters_fr
     await stop(server, stats)
 
 
+def hang_up(raws: list[socket.socket]) -> None:
+    """Close the server's side of every connection accepted so far."""
+    for raw in raws:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        raw.close()
+    raws.clear()
+
+
 async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None:
     """Forty requests at once to a push service slow to finish its TLS handshakes: at most
     CONNECTING_PER_ORIGIN handshakes are started at a time, and the rest reuse the connections given back."""
@@ -217,6 +227,7 @@ async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     accepted: list[float] = []
+    raws: list[socket.socket] = []
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve_one(raw: socket.socket) -> None:  # a thread per connection: its handshake is slow
@@ -246,6 +257,7 @@ async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None
             except OSError:  # closed: the test is over
                 return
             accepted.append(time.monotonic())
+            raws.append(raw)
             threading.Thread(target=serve_one, args=(raw,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
@@ -253,7 +265,8 @@ async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None
     client = Http1Client(concurrency_per_origin=64, tls=ssl.create_default_context(cafile=cert))
     late = await asyncio.gather(*(client.post(f"{url}/{i}", {}, b"x", 0.1) for i in range(20)), return_exceptions=True)
     assert all(isinstance(e, TimeoutError) for e in late)  # waiting for a turn or opening: no turn is lost
-    await asyncio.sleep(0.4)
+    hang_up(raws)  # the handshakes given up: the client's transports see the end and close
+    await asyncio.sleep(0.3)
     accepted.clear()
     started = time.monotonic()
     answers = await asyncio.gather(*(client.post(f"{url}/{i}", {}, b"x", 10) for i in range(40)))
@@ -262,6 +275,8 @@ async def test_a_burst_opens_a_few_connections_at_once_and_reuses_them() -> None
     assert len(accepted) <= 2 * CONNECTING_PER_ORIGIN  # the others were served by those given back
     await client.aclose()
     listener.close()
+    hang_up(raws)
+    await asyncio.sleep(0.3)  # the client's transports close before the loop ends (else: a ResourceWarning)
 
 
 async def test_tls_is_verified() -> None:
