@@ -6,7 +6,8 @@ export interface Stream {
 }
 
 export interface Status {
-  state: "unsupported" | "blocked" | "subscribed" | "unsubscribed";
+  /** "needs renewal": bound to another VAPID key than the gateway's (renew() replaces it). */
+  state: "unsupported" | "blocked" | "subscribed" | "needs renewal" | "unsubscribed";
   accounts: string[];
   endpoint?: string;
 }

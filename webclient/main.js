@@ -34,6 +34,67 @@ function keyBytes(base64url) {
   return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 }
 
+// Whether `sub` was made with the applicationServerKey `key` (bytes). A browser that does not say
+// (no `options.applicationServerKey`) is taken at its word: nothing to compare.
+function boundTo(sub, key) {
+  const own = sub.options && sub.options.applicationServerKey;
+  if (!own) return true;
+  const bytes = new Uint8Array(own);
+  return bytes.length === key.length && bytes.every((b, i) => b === key[i]);
+}
+
+async function serverKey(server) {
+  const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
+  return keyBytes(publicKey);
+}
+
+// The browser's subscription for the gateway's current VAPID key. One bound to another key (the key
+// file lost or rotated, or a frontend moving from another server) would be refused by its push
+// service (401) for every push: it is unsubscribed and replaced. `replaced`: the old endpoint, if any.
+async function currentSubscription(reg, key) {
+  let sub = await reg.pushManager.getSubscription();
+  let replaced = null;
+  if (sub && !boundTo(sub, key)) {
+    replaced = sub.endpoint;
+    await sub.unsubscribe().catch(() => {});
+    sub = null;
+  }
+  sub = sub || (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key }));
+  return { sub, replaced };
+}
+
+// After a replaced subscription: every stream of the browser, its mutes and quiet hours, go to the new
+// endpoint, and the old endpoint's streams are deleted. Resolves to the accounts registered again.
+async function carryOver(state, sub, oldEndpoint) {
+  const server = state.server || GATEWAY_URL;
+  const subscription = sub.toJSON();
+  const moved = [];
+  for (const { accountId, gateway } of state.streams) {
+    try {
+      await post(server, "/subscriptions/create", { accountId, gateway, subscription }, state.gatewayKey);
+      moved.push(accountId);
+    } catch (_) {
+      /* quiet: the next page load tries again */
+    }
+  }
+  for (const [key, muted] of Object.entries(state.muted || {})) {
+    const [accountId, ...type] = key.split("/");
+    if (!muted || !moved.includes(accountId)) continue;
+    await post(server, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type.join("/"), block: true },
+      state.gatewayKey).catch(() => {});
+  }
+  for (const accountId of state.quiet ? moved : []) { // quiet hours go with a stream
+    await post(server, "/preferences/quiet", { accountId, endpoint: sub.endpoint, ...state.quiet }, state.gatewayKey)
+      .catch(() => {});
+  }
+  if (oldEndpoint && oldEndpoint !== sub.endpoint) {
+    await post(server, "/subscriptions/delete", { endpoint: oldEndpoint }, state.gatewayKey).catch(() => {});
+  }
+  state.endpoint = sub.endpoint;
+  await writeState(state);
+  return moved;
+}
+
 async function post(server, path, body, gatewayKey = null) {
   const headers = { "Content-Type": "application/json" };
   if (gatewayKey) headers["X-Gateway-Key"] = gatewayKey;
@@ -59,7 +120,11 @@ async function registration(serviceWorker) {
   return navigator.serviceWorker.register(serviceWorker);
 }
 
-/** "unsupported" | "blocked" | "subscribed" | "unsubscribed", with the accounts and endpoint. */
+/**
+ * "unsupported" | "blocked" | "subscribed" | "needs renewal" | "unsubscribed", with the accounts and
+ * endpoint. "needs renewal": the subscription is bound to another VAPID key than the gateway's, so
+ * every push to it is refused; `renew()` (every page load) replaces it.
+ */
 export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   if (!supported()) return { state: "unsupported", accounts: [] };
   if (Notification.permission === "denied") return { state: "blocked", accounts: [] };
@@ -67,7 +132,9 @@ export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   const sub = await reg.pushManager.getSubscription();
   const state = await readState();
   if (!sub || !state.streams.length) return { state: "unsubscribed", accounts: [] };
-  return { state: "subscribed", accounts: state.streams.map((s) => s.accountId), endpoint: sub.endpoint };
+  const accounts = state.streams.map((s) => s.accountId);
+  const current = await serverKey(state.server || GATEWAY_URL).then((key) => boundTo(sub, key), () => true);
+  return { state: current ? "subscribed" : "needs renewal", accounts, endpoint: sub.endpoint };
 }
 
 /**
@@ -90,9 +157,8 @@ export async function subscribe(accountId, { gateway = location.origin, server =
   if (permission !== "granted") throw Object.assign(new Error("Notifications are blocked"), { code: "blocked" });
   const reg = await registration(serviceWorker);
   await navigator.serviceWorker.ready;
-  const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
-  const sub = (await reg.pushManager.getSubscription()) ||
-    (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(publicKey) }));
+  const { sub, replaced } = await currentSubscription(reg, await serverKey(server));
+  if (replaced) await carryOver({ ...(await readState()), server, gatewayKey }, sub, replaced);
   const body = { accountId, gateway, subscription: sub.toJSON() };
   if (sign) body.signed = await signedMessage(sign, { accountId, gateway, endpoint: sub.endpoint, recipient });
   await post(server, "/subscriptions/create", body, gatewayKey);
@@ -217,10 +283,12 @@ export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   try {
     if (!supported() || Notification.permission !== "granted") return [];
     const reg = await registration(serviceWorker);
-    const sub = await reg.pushManager.getSubscription();
     const state = await readState();
-    if (!sub || !state.streams.length) return [];
+    if (!(await reg.pushManager.getSubscription()) || !state.streams.length) return [];
     const server = state.server || GATEWAY_URL;
+    // bound to another key: replaced, and everything carried over to the new one
+    const { sub, replaced } = await currentSubscription(reg, await serverKey(server));
+    if (replaced) return await carryOver(state, sub, replaced);
     const subscription = sub.toJSON();
     const renewed = [];
     for (const { accountId, gateway } of state.streams) {
@@ -255,6 +323,7 @@ const MESSAGES = {
   unsupported: "This browser cannot receive push notifications.",
   blocked: "Notifications are blocked for this site. Allow them in the browser's site settings, then reload.",
   unsubscribed: "Not subscribed.",
+  "needs renewal": "This browser's subscription is for an old key of the gateway: renewing it…",
 };
 
 function wirePage() {
@@ -365,7 +434,11 @@ function wirePage() {
     await showInbox();
   });
   refresh().then(() => ($("inbox").hidden ? null : showInbox())).catch((err) => show("error", err.message));
-  renew().then((accounts) => { document.body.dataset.renewed = accounts.join(","); });
+  renew().then(async (accounts) => {
+    // a subscription replaced for the gateway's current key: shown as subscribed again
+    if ($("state").dataset.state === "needs renewal") await refresh().catch(() => {});
+    document.body.dataset.renewed = accounts.join(",");
+  });
 }
 
 if (typeof document !== "undefined" && document.getElementById("subscribe-form")) wirePage();

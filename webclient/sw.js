@@ -215,13 +215,18 @@ self.addEventListener("pushsubscriptionchange", (event) => {
     const state = await readState();
     if (!state || !state.streams || !state.streams.length) return;
     const server = state.server || new URL(".", self.location).href.replace(/\/$/, "");
+    const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
+    const key = Uint8Array.from(atob(publicKey.replace(/-/g, "+").replace(/_/g, "/") +
+      "=".repeat((4 - (publicKey.length % 4)) % 4)), (c) => c.charCodeAt(0));
     let sub = event.newSubscription;
-    if (!sub) {
-      const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
-      const key = Uint8Array.from(atob(publicKey.replace(/-/g, "+").replace(/_/g, "/") +
-        "=".repeat((4 - (publicKey.length % 4)) % 4)), (c) => c.charCodeAt(0));
-      sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    // The browser renews with the old options: bound to a key the gateway no longer signs with, every
+    // push to it would be refused. Subscribe with the gateway's current key instead.
+    const own = sub && sub.options && sub.options.applicationServerKey && new Uint8Array(sub.options.applicationServerKey);
+    if (own && !(own.length === key.length && own.every((b, i) => b === key[i]))) {
+      await sub.unsubscribe().catch(() => {});
+      sub = null;
     }
+    if (!sub) sub = await self.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
     const subscription = typeof sub.toJSON === "function" ? sub.toJSON() : sub;
     for (const { accountId, gateway } of state.streams) {
       // Unsigned: a gateway requiring signed subscriptions refuses it (a worker has no wallet); the
