@@ -76,6 +76,7 @@ class MozPushService:
         self.log: list[dict[str, Any]] = []  # every message of the browsers, as received
         self._sockets: dict[str, ServerConnection] = {}  # uaid -> its open WebSocket
         self._next_uaid: str | None = None  # a rotation: the UAID the next hello gets
+        self.refusing: set[str] = set()  # channels whose pushes are refused 403, as a push service may
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_ws, args=(ready,), daemon=True)
@@ -235,6 +236,8 @@ class MozPushService:
             status, reason = 404, "no such subscription"
         elif not channel.registered:
             status, reason = 410, "unsubscribed"
+        elif cid in self.refusing:
+            status, reason = 403, "this subscription refuses the sender"
         else:
             try:
                 verify_vapid(h.headers.get("Authorization", ""), self.http_url, time.time())

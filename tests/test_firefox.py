@@ -233,3 +233,26 @@ def test_a_changed_vapid_key_makes_the_page_renew_the_subscription_on_the_next_v
     second.ingest(row(1))
     assert acks(mozpush, 1) == [100]
     assert [n["title"] for n in firefox.wait(SHOWN)] == ["New like"]
+
+
+def test_a_stream_its_push_service_refuses_is_renewed_by_the_page_on_the_next_visit(
+    gw: RunningGateway, firefox: Firefox, mozpush: MozPushService
+) -> None:
+    old = subscribe_through_the_page(firefox, gw, "bob.near")
+    mozpush.refusing.add(old.rsplit("/", 1)[1])  # 403 for every push to it, whatever the key
+    gw.ingest(row(1))
+    assert mozpush.wait_for(lambda: [p.status for p in mozpush.posted] == [403])
+    for _ in range(100):  # recorded: the stream is marked
+        if gw.query("SELECT refused_at FROM streams")[0]["refused_at"] is not None:
+            break
+        firefox.evaluate("new Promise(r => setTimeout(r, 50))")
+    firefox.wait("import('/main.js').then(m => m.status()).then(s => s.state === 'needs renewal')")
+    open_page(firefox, gw)  # the next visit: renew() replaces the subscription
+    firefox.wait("document.body.dataset.renewed !== undefined", timeout=30)
+    new = firefox.evaluate(ENDPOINT)
+    assert new != old and streams(gw) == [("bob.near", new)]
+    assert gw.query("SELECT refused_at FROM streams")[0]["refused_at"] is None
+    assert firefox.evaluate(STATE) == "subscribed"
+    gw.ingest(row(2))
+    assert acks(mozpush, 1) == [100]
+    assert [n["title"] for n in firefox.wait(SHOWN)] == ["New like"]

@@ -691,6 +691,23 @@ async def test_the_inbox_is_kept_for_its_own_retention(store: Store, clock: Cloc
     assert [i.row["id"] for i in await store.inbox("bob.near", B1)] == [2]
 
 
+async def test_a_stream_refused_by_its_push_service_is_marked_until_registered_again(
+    store: Store, clock: Clock
+) -> None:
+    for endpoint in (E1, E2):
+        await store.upsert_stream("bob.near", "https://near.org", endpoint, P256DH, AUTH)
+    await store.ingest([event(1)], MatchPolicy())
+    claims = {c.stream.endpoint: c for c in await store.claim(10, 30)}
+    await store.record(
+        [Outcome(claims[E1].delivery_id, "rejected", 403, "HTTP 403"), Outcome(claims[E2].delivery_id, "sent", 201)]
+    )
+    refused = {i.stream.endpoint: i.refused_at for i in await store.list_streams(account_id="bob.near")}
+    assert refused == {E1: clock.now, E2: None}
+    clock.now += 5
+    await store.upsert_stream("bob.near", "https://near.org", E1, P256DH, AUTH)  # the page registered it again
+    assert all(i.refused_at is None for i in await store.list_streams(account_id="bob.near"))
+
+
 async def test_a_claim_carries_its_inbox_item_and_its_browsers_unread_count(store: Store, clock: Clock) -> None:
     for endpoint in (E1, E2):
         await store.upsert_stream("bob.near", "https://near.org", endpoint, P256DH, AUTH)

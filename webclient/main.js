@@ -43,24 +43,47 @@ function boundTo(sub, key) {
   return bytes.length === key.length && bytes.every((b, i) => b === key[i]);
 }
 
-async function serverKey(server) {
-  const { publicKey } = await (await fetch(`${server}/vapid-public-key`)).json();
-  return keyBytes(publicKey);
+// status() and renew() ask the gateway the same things at each page load: one request each, not
+// one per caller (each counts against the gateway's per-IP limit). Forgotten after a second, and
+// when the subscription is replaced.
+const asked = new Map();
+function askOnce(key, ask) {
+  const hit = asked.get(key);
+  if (hit && hit.until > Date.now()) return hit.answer;
+  const answer = ask();
+  asked.set(key, { answer, until: Date.now() + 1000 });
+  return answer;
+}
+
+function serverKey(server) {
+  return askOnce(`key ${server}`, async () => keyBytes((await (await fetch(`${server}/vapid-public-key`)).json()).publicKey));
 }
 
 // The browser's subscription for the gateway's current VAPID key. One bound to another key (the key
 // file lost or rotated, or a frontend moving from another server) would be refused by its push
 // service (401) for every push: it is unsubscribed and replaced. `replaced`: the old endpoint, if any.
-async function currentSubscription(reg, key) {
+async function currentSubscription(reg, key, { refused = false } = {}) {
   let sub = await reg.pushManager.getSubscription();
   let replaced = null;
-  if (sub && !boundTo(sub, key)) {
+  if (sub && (refused || !boundTo(sub, key))) {
+    asked.clear(); // what was asked of the old subscription
     replaced = sub.endpoint;
     await sub.unsubscribe().catch(() => {});
     sub = null;
   }
   sub = sub || (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key }));
   return { sub, replaced };
+}
+
+// Whether the gateway saw this browser's push service refuse its pushes as not its own (401/403,
+// reported by GET /v1/streams until the stream is registered again): a subscription to replace even
+// when the browser does not say which key it is bound to.
+function refusedByPushService(serviceWorker) {
+  return askOnce("refused", async () => {
+    const { streams } = await signedFetch("GET", "/v1/streams", undefined, { serviceWorker })
+      .catch(() => ({ streams: [] }));
+    return streams.some((s) => s.needsRenewal);
+  });
 }
 
 // After a replaced subscription: every stream of the browser, its mutes and quiet hours, go to the new
@@ -122,8 +145,8 @@ async function registration(serviceWorker) {
 
 /**
  * "unsupported" | "blocked" | "subscribed" | "needs renewal" | "unsubscribed", with the accounts and
- * endpoint. "needs renewal": the subscription is bound to another VAPID key than the gateway's, so
- * every push to it is refused; `renew()` (every page load) replaces it.
+ * endpoint. "needs renewal": the subscription is bound to another VAPID key than the gateway's, or the
+ * gateway saw its push service refuse pushes as not its own; `renew()` (every page load) replaces it.
  */
 export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   if (!supported()) return { state: "unsupported", accounts: [] };
@@ -134,7 +157,8 @@ export async function status({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
   if (!sub || !state.streams.length) return { state: "unsubscribed", accounts: [] };
   const accounts = state.streams.map((s) => s.accountId);
   const current = await serverKey(state.server || GATEWAY_URL).then((key) => boundTo(sub, key), () => true);
-  return { state: current ? "subscribed" : "needs renewal", accounts, endpoint: sub.endpoint };
+  const renewal = !current || (await refusedByPushService(serviceWorker));
+  return { state: renewal ? "needs renewal" : "subscribed", accounts, endpoint: sub.endpoint };
 }
 
 /**
@@ -287,7 +311,8 @@ export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
     if (!(await reg.pushManager.getSubscription()) || !state.streams.length) return [];
     const server = state.server || GATEWAY_URL;
     // bound to another key: replaced, and everything carried over to the new one
-    const { sub, replaced } = await currentSubscription(reg, await serverKey(server));
+    const refused = await refusedByPushService(serviceWorker);
+    const { sub, replaced } = await currentSubscription(reg, await serverKey(server), { refused });
     if (replaced) return await carryOver(state, sub, replaced);
     const subscription = sub.toJSON();
     const renewed = [];

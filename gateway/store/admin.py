@@ -16,7 +16,10 @@ def stream_info(row: Mapping[str, Any], muted: Iterable[str]) -> StreamInfo:
         row["id"], row["account_id"], row["gateway"], row["endpoint"], row["endpoint_hash"], row["p256dh"], row["auth"]
     )
     created, updated = float(row["created_at"]), float(row["updated_at"])
-    return StreamInfo(stream, created, updated, tuple(sorted(muted)), bool(row["signed"]))
+    refused = row["refused_at"]
+    return StreamInfo(
+        stream, created, updated, tuple(sorted(muted)), bool(row["signed"]), None if refused is None else float(refused)
+    )
 
 
 def count_hosts(endpoints: Iterable[str], limit: int) -> list[tuple[str, int]]:

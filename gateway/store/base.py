@@ -108,6 +108,9 @@ class StreamInfo:
     updated_at: float
     muted: tuple[str, ...]
     signed: bool = False  # created with a NEP-413 signature of the account: it proves the account
+    # when its push service last refused a push as not ours (401/403: a subscription bound to another
+    # VAPID key), until the stream is registered again: the browser's page renews it
+    refused_at: float | None = None
 
 
 class Lease(Protocol):

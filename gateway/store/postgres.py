@@ -235,6 +235,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_fresh ON deliveries (fair_at) WHERE {FRESH};
         """,  # noqa: S608
     ),
+    (
+        # A stream whose push service refused a push as not ours (401/403), until registered again.
+        "0011_stream_refused",
+        "ALTER TABLE streams ADD COLUMN refused_at DOUBLE PRECISION;",
+    ),
 ]
 
 
@@ -417,7 +422,7 @@ class PostgresStore:
             async def refreshed() -> bool:
                 updated = await conn.execute(
                     "UPDATE streams SET gateway = $1, p256dh = $2, auth = $3, endpoint = $4, updated_at = $5, "
-                    "signed = CASE WHEN $8 THEN TRUE WHEN auth = $3 THEN signed ELSE FALSE END "
+                    "refused_at = NULL, signed = CASE WHEN $8 THEN TRUE WHEN auth = $3 THEN signed ELSE FALSE END "
                     "WHERE endpoint_hash = $6 AND account_id = $7",
                     gateway,
                     p256dh,
@@ -971,6 +976,14 @@ class PostgresStore:
             for o in finished:
                 if o.status == "gone" and o.endpoint_hash:
                     await _delete_streams(conn, o.endpoint_hash, None, now)
+            refused = [o.delivery_id for o in finished if o.status == "rejected"]
+            if refused:  # rare: never in the way of the common case
+                await conn.execute(
+                    "UPDATE streams SET refused_at = $1 "
+                    "WHERE id IN (SELECT stream_id FROM deliveries WHERE id = ANY($2))",
+                    now,
+                    refused,
+                )
 
     async def release(self, delivery_ids: list[int]) -> None:
         await self.pool.execute(

@@ -257,6 +257,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_fresh ON deliveries (fair_at) WHERE {FRESH};
         """,  # noqa: S608
     ),
+    (
+        # A stream whose push service refused a push as not ours (401/403), until registered again.
+        "0013_stream_refused",
+        "ALTER TABLE streams ADD COLUMN refused_at REAL;",
+    ),
 ]
 
 
@@ -364,6 +369,10 @@ _FINISH = (
 
 
 _ACCOUNT_MUTES = "SELECT value_type FROM account_mutes WHERE account_id = ?"
+_REFUSED = (
+    "UPDATE streams SET refused_at = ? WHERE id IN "
+    "(SELECT stream_id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)))"
+)
 # Pacing: the latest push of a burst sent at once, and a digest that can still take events.
 _BURST_FIRST = (
     "SELECT event_key, created_at FROM deliveries WHERE stream_id = ? AND fold_key = ? AND folded IS NULL "
@@ -519,7 +528,7 @@ class SqliteStore:
         def run(c: sqlite3.Connection) -> bool:
             cur = c.execute(
                 "UPDATE streams SET gateway = ?, p256dh = ?, auth = ?, endpoint = ?, updated_at = ?, "
-                "signed = CASE WHEN ? THEN 1 WHEN auth = ? THEN signed ELSE 0 END "
+                "refused_at = NULL, signed = CASE WHEN ? THEN 1 WHEN auth = ? THEN signed ELSE 0 END "
                 "WHERE endpoint_hash = ? AND account_id = ?",
                 (gateway, p256dh, auth, endpoint, now, signed, auth, ehash, account_id),
             )
@@ -927,6 +936,9 @@ class SqliteStore:
             for o in finished:
                 if o.status == "gone" and o.endpoint_hash:
                     _delete_streams(c, o.endpoint_hash, None, now)
+            refused = [o.delivery_id for o in finished if o.status == "rejected"]
+            if refused:  # rare: never in the way of the common case
+                c.execute(_REFUSED, (now, json.dumps(refused)))
 
         await self._tx(run)
 

@@ -143,6 +143,9 @@ class StreamBody(BaseModel):
     gateway: str
     createdAt: float
     muted: list[str]
+    # its push service refused a push as not ours (401/403: bound to another VAPID key): subscribe
+    # again (the web client does on its next page load); false again once the stream is registered anew
+    needsRenewal: bool = False
 
 
 class StreamsBody(BaseModel):
@@ -272,7 +275,13 @@ def _item(ctx: ApiContext, item: InboxItem, gateway: str) -> InboxItemBody:
 async def list_own_streams(request: Request, caller: SignedCaller) -> Response:
     """This browser's streams: one per account it gets notifications for, with the account's mutes."""
     streams = [
-        StreamBody(accountId=s.stream.account_id, gateway=s.stream.gateway, createdAt=s.created_at, muted=list(s.muted))
+        StreamBody(
+            accountId=s.stream.account_id,
+            gateway=s.stream.gateway,
+            createdAt=s.created_at,
+            muted=list(s.muted),
+            needsRenewal=s.refused_at is not None,
+        )
         for s in sorted(caller.streams, key=lambda s: s.stream.account_id)
     ]
     return _etagged(request, StreamsBody(streams=streams))
