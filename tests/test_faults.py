@@ -92,7 +92,10 @@ def run_fault_scenario(
         tmp_path,
         fake_push,
         f"concurrency = {CONCURRENCY}\nrequest_timeout = 0.5\nretry_initial_delay = 0.2\nretry_max_delay = 1.0\n"
-        "claim_lease = 2.0\npoll_interval = 0.2\ngive_up_after = 120.0",
+        # The lease outlasts a database cut (at most 3 s): with several sending processes (the default),
+        # one whose outcomes wait for the store must record them before another may take their
+        # claims again, or a push goes out twice (README, Outages).
+        "claim_lease = 5.0\npoll_interval = 0.2\ngive_up_after = 120.0",
         f"""[limits]
 per_ip_rate = 0
 [[watchers]]

@@ -219,6 +219,8 @@ def test_a_changed_vapid_key_makes_the_page_renew_the_subscription_on_the_next_v
 ) -> None:
     first = start_gw()
     old = subscribe_through_the_page(firefox, first, "bob.near")
+    firefox.click("#types input[value='comment']")  # a mute of this browser, to be carried over
+    firefox.wait("document.getElementById('mute-state').textContent.startsWith('Muted')")
     first.stop()
     # The key file lost (or rotated): the gateway starts with a new key on the same database.
     second = start_gw(vapid={"private_key_file": str(tmp_path / "new_vapid.pem"), "subject": "mailto:ops@gateway.test"})
@@ -230,9 +232,9 @@ def test_a_changed_vapid_key_makes_the_page_renew_the_subscription_on_the_next_v
     assert streams(second) == [("bob.near", new)]  # the old stream deleted, the new one registered
     assert mozpush.channels[new.rsplit("/", 1)[1]].key == key
     assert not mozpush.channels[old.rsplit("/", 1)[1]].registered  # the old subscription unsubscribed
-    second.ingest(row(1))
+    second.ingest([row(1, value_type="comment"), row(2)])
     assert acks(mozpush, 1) == [100]
-    assert [n["title"] for n in firefox.wait(SHOWN)] == ["New like"]
+    assert [n["title"] for n in firefox.wait(SHOWN)] == ["New like"]  # the comment stayed muted
 
 
 def test_a_stream_its_push_service_refuses_is_renewed_by_the_page_on_the_next_visit(

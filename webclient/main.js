@@ -86,32 +86,41 @@ function refusedByPushService(serviceWorker) {
   });
 }
 
-// After a replaced subscription: every stream of the browser, its mutes and quiet hours, go to the new
-// endpoint, and the old endpoint's streams are deleted. Resolves to the accounts registered again.
-async function carryOver(state, sub, oldEndpoint) {
+// Register every stream of the browser for `sub`, with its mutes and quiet hours (the gateway keeps
+// mutes for the account, but one made on a gateway that kept them per stream went with a stream
+// pushed out; quiet hours go with a stream). Never throws; resolves to the accounts registered.
+async function registerStreams(state, sub) {
   const server = state.server || GATEWAY_URL;
   const subscription = sub.toJSON();
-  const moved = [];
+  const registered = [];
   for (const { accountId, gateway } of state.streams) {
     try {
       await post(server, "/subscriptions/create", { accountId, gateway, subscription }, state.gatewayKey);
-      moved.push(accountId);
+      registered.push(accountId);
     } catch (_) {
       /* quiet: the next page load tries again */
     }
   }
   for (const [key, muted] of Object.entries(state.muted || {})) {
     const [accountId, ...type] = key.split("/");
-    if (!muted || !moved.includes(accountId)) continue;
+    if (!muted || !registered.includes(accountId)) continue;
     await post(server, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type.join("/"), block: true },
       state.gatewayKey).catch(() => {});
   }
-  for (const accountId of state.quiet ? moved : []) { // quiet hours go with a stream
+  for (const accountId of state.quiet ? registered : []) {
     await post(server, "/preferences/quiet", { accountId, endpoint: sub.endpoint, ...state.quiet }, state.gatewayKey)
       .catch(() => {});
   }
+  return registered;
+}
+
+// After a replaced subscription: every stream goes to the new endpoint (registerStreams) and the old
+// endpoint's streams are deleted. Resolves to the accounts registered again.
+async function carryOver(state, sub, oldEndpoint) {
+  const moved = await registerStreams(state, sub);
   if (oldEndpoint && oldEndpoint !== sub.endpoint) {
-    await post(server, "/subscriptions/delete", { endpoint: oldEndpoint }, state.gatewayKey).catch(() => {});
+    await post(state.server || GATEWAY_URL, "/subscriptions/delete", { endpoint: oldEndpoint }, state.gatewayKey)
+      .catch(() => {});
   }
   state.endpoint = sub.endpoint;
   await writeState(state);
@@ -310,33 +319,11 @@ export async function renew({ serviceWorker = `${GATEWAY_URL}/sw.js` } = {}) {
     const state = await readState();
     if (!(await reg.pushManager.getSubscription()) || !state.streams.length) return [];
     const server = state.server || GATEWAY_URL;
-    // bound to another key: replaced, and everything carried over to the new one
+    // bound to another key, or refused by its push service: replaced, everything carried over
     const refused = await refusedByPushService(serviceWorker);
     const { sub, replaced } = await currentSubscription(reg, await serverKey(server), { refused });
     if (replaced) return await carryOver(state, sub, replaced);
-    const subscription = sub.toJSON();
-    const renewed = [];
-    for (const { accountId, gateway } of state.streams) {
-      try {
-        await post(server, "/subscriptions/create", { accountId, gateway, subscription }, state.gatewayKey);
-        renewed.push(accountId);
-      } catch (_) {
-        /* quiet: the next page load tries again */
-      }
-    }
-    // Set the mutes again: the gateway keeps them for the account, but one made on a gateway that kept
-    // them per stream went with a stream pushed out.
-    for (const [key, muted] of Object.entries(state.muted || {})) {
-      const [accountId, ...type] = key.split("/");
-      if (!muted || !renewed.includes(accountId)) continue;
-      await post(server, "/preferences/set", { accountId, endpoint: sub.endpoint, dapp: type.join("/"), block: true },
-        state.gatewayKey).catch(() => {});
-    }
-    for (const accountId of state.quiet ? renewed : []) { // and its quiet hours, which go with a stream
-      await post(server, "/preferences/quiet", { accountId, endpoint: sub.endpoint, ...state.quiet }, state.gatewayKey)
-        .catch(() => {});
-    }
-    return renewed;
+    return await registerStreams(state, sub);
   } catch (_) {
     return [];
   }
