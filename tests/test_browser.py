@@ -735,3 +735,30 @@ def test_a_copy_of_the_worker_without_signing_js_still_shows_every_push(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_inbox_answer_that_comes_late_does_not_overwrite_a_newer_one(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any
+) -> None:
+    sub, page = subscribe_on_page(browser, gateway, fake_push)
+    page.wait_for_selector("#inbox-state:has-text('Nothing yet.')")
+    # The next inbox answer (nothing yet) is held back 3 s, as a slow network would.
+    page.evaluate(
+        """() => { const real = window.fetch; let held = false;
+        window.fetch = (url, options) => {
+          const answer = real(url, options);
+          if (held || !String(url).includes('/v1/inbox')) return answer;
+          held = true;
+          return answer.then((r) => { window.__heldAnswered = true;
+            return new Promise((done) => setTimeout(() => done(r), 3000)); });
+        };
+        window.nearPushShowInbox(); }"""
+    )
+    page.wait_for_function("window.__heldAnswered === true")  # answered before anything is in the inbox
+    gateway.ingest([row(1), row(2, value_type="comment")])
+    fake_push.wait_count(sub, 2)
+    page.evaluate("window.nearPushShowInbox()")
+    page.wait_for_selector("#inbox-items li >> nth=1")
+    page.wait_for_timeout(3500)  # the held answer has come meanwhile
+    assert page.locator("#inbox-items li").count() == 2
+    assert "2 unread" in page.locator("#inbox-state").inner_text()

@@ -415,7 +415,9 @@ function wirePage() {
       quietState(`Could not clear quiet hours: ${err.message}`);
     }
   });
+  let inboxAsked = 0; // the latest showInbox(): an earlier one answered later must not overwrite it
   async function showInbox() {
+    const asked = ++inboxAsked;
     const list = $("inbox-items");
     const state = await readState();
     const items = [];
@@ -423,6 +425,7 @@ function wirePage() {
       const page = await inbox(accountId).catch(() => ({ items: [] }));
       items.push(...page.items);
     }
+    if (asked !== inboxAsked) return;
     items.sort((a, b) => Number(a.read) - Number(b.read) || b.createdAt - a.createdAt); // unread first
     list.replaceChildren(...items.map((item) => {
       const li = document.createElement("li");
