@@ -93,7 +93,6 @@ class Firefox:
             raise RuntimeError(f"Firefox did not start its BiDi server: {''.join(self.stderr)[-2000:]}")
         self._stack = contextlib.ExitStack()
         self._id = 0
-        self.events: list[dict[str, Any]] = []
         try:
             self._ws: ClientConnection = self._stack.enter_context(connect(f"{self._url}/session", max_size=2**24))
             self.command("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": True}}})
@@ -109,10 +108,7 @@ class Firefox:
         self._ws.send(json.dumps({"id": mine, "method": method, "params": params}))
         while True:
             answer = json.loads(self._ws.recv(timeout=60))
-            if answer.get("type") == "event":
-                self.events.append(answer)
-                continue
-            if answer.get("id") != mine:
+            if answer.get("id") != mine:  # an event, or another command's answer
                 continue
             if answer.get("type") == "error":
                 raise RuntimeError(f"{method}: {answer.get('error')}: {answer.get('message')}")
