@@ -8,6 +8,7 @@ and clicked through it, so the click is a real, trusted notificationclick.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import tempfile
@@ -363,6 +364,46 @@ def test_pushsubscriptionchange_registers_the_new_subscription(
     gateway.ingest(row(5, value_type="like"))
     [push] = fake_push.wait_count(new, 1)  # the gateway now pushes to the new subscription
     assert push.payload is not None and push.payload["id"] == 5
+
+
+def test_pushsubscriptionchange_replaces_a_renewed_subscription_bound_to_an_old_vapid_key(
+    gateway: RunningGateway, fake_push: FakePushService, browser: Any
+) -> None:
+    old, stale, current = fake_push.subscribe(), fake_push.subscribe(), fake_push.subscribe()
+    browser.add_init_script(INIT_STUB % json.dumps(old.as_json()))
+    page = open_client(browser, gateway)
+    page.fill("#account", "bob.near")
+    page.click("#subscribe")
+    page.wait_for_selector("#state[data-state=subscribed]")
+    key = gateway.http.get("/vapid-public-key").json()["publicKey"]
+    # The browser renewed with the old options (another key); the worker's own subscribe() stands in
+    # for the browser's and records the key it is asked for.
+    [worker] = browser.service_workers
+    worker.evaluate(
+        """([stale, current, oldEndpoint]) => {
+        self.__asked = null; self.__unsubscribed = false;
+        self.registration.pushManager.subscribe = async (options) => {
+          self.__asked = btoa(String.fromCharCode(...new Uint8Array(options.applicationServerKey)));
+          return {endpoint: current.endpoint, toJSON: () => current};
+        };
+        const event = new ExtendableEvent('pushsubscriptionchange');
+        Object.defineProperty(event, 'newSubscription', {value: {endpoint: stale.endpoint, toJSON: () => stale,
+          options: {applicationServerKey: new Uint8Array(65).fill(4).buffer},
+          unsubscribe: async () => { self.__unsubscribed = true; return true; }}});
+        Object.defineProperty(event, 'oldSubscription', {value: {endpoint: oldEndpoint}});
+        self.dispatchEvent(event);
+    }""",
+        [stale.as_json(), current.as_json(), old.endpoint],
+    )
+    for _ in range(100):
+        endpoints = [r[0] for r in gateway.query("SELECT endpoint FROM streams")]
+        if endpoints == [current.endpoint]:
+            break
+        page.wait_for_timeout(50)
+    assert endpoints == [current.endpoint]  # neither the old nor the stale renewal
+    asked = worker.evaluate("self.__asked")
+    assert base64.b64decode(asked) == base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+    assert worker.evaluate("self.__unsubscribed") is True
 
 
 SIGN_LIKE_A_WALLET = """async () => {
